@@ -1,0 +1,218 @@
+"""Build one partition (SQLite file + Arrow index) from one source, inside a private staging folder.
+
+    source ─▶ records ─▶ buffer the first `sample_bytes` of text ─▶ train dictionaries
+           ─▶ compress every document, in source order ─▶ partition.sqlite, index.arrow, result.json
+
+`result.json` is written last (atomically): a staging folder without it is an interrupted build and is
+deleted and redone; one with it is reused by the next ingest of the same source with the same settings.
+Memory is bounded by the training buffer, one batch of rows and 36 bytes of index per document.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from . import partition
+from .codec import CompressionSettings, Compressor, train_dictionaries
+from .document import dump_json, encode_text, is_plain, subset_of
+from .errors import LineError, SourceError
+from .index import write_index
+from .manifest import now, write_atomic
+from .shards import Record, SourceReader, file_sha256
+
+PARTITION_FILE = "partition.sqlite"
+INDEX_FILE = "index.arrow"
+RESULT_FILE = "result.json"
+BATCH_ROWS = 4096
+BATCH_BYTES = 32 * 1024 * 1024
+MAX_EXAMPLES = 5  # bad lines quoted per source; all are counted
+MAX_INTERNED_RESTS = 65536  # distinct non-plain `rest` values interned per partition; further ones stored inline
+
+ProgressCallback = Callable[[int, int], None]  # (compressed bytes read, documents written) since last call
+
+
+def signed64(value: int) -> int:
+    """An unsigned 64-bit hash as the signed int64 SQLite and Arrow store."""
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
+def checksum(data: bytes) -> int:
+    """xxh3_64 of a document's UTF-8 bytes, as a signed int64."""
+    return signed64(xxhash.xxh3_64_intdigest(data))
+
+
+@dataclass(slots=True)
+class _Stats:
+    docs: Counter[str] = field(default_factory=Counter)
+    text: Counter[str] = field(default_factory=Counter)
+    stored: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+
+class _PartitionWriter:
+    """Appends compressed documents to a partition file and its index columns."""
+
+    def __init__(self, path: Path, compressor: Compressor) -> None:
+        self.conn = partition.connect_writer(path)
+        self.compressor = compressor
+        self.subset_ids: dict[str, int] = {}
+        self.rows: list[tuple[Any, ...]] = []
+        self.batch_bytes = 0
+        self.text_bytes = array("q")
+        self.rest_ids: dict[str, int] = {}
+        self.subsets = array("i")
+        self.checksums = array("q")
+
+    def add(self, subset: str, data: bytes, rest: dict[str, Any]) -> int:
+        """Store one document; returns its stored size."""
+        sid = self.subset_ids.setdefault(subset, len(self.subset_ids))
+        codec, stored = self.compressor.compress(subset, data)
+        digest = checksum(data)
+        self.rows.append((len(self.checksums), sid, codec, len(data), digest, self._rest(rest, subset), stored))
+        self.text_bytes.append(len(data))
+        self.subsets.append(sid)
+        self.checksums.append(digest)
+        self.batch_bytes += len(stored)
+        if len(self.rows) >= BATCH_ROWS or self.batch_bytes >= BATCH_BYTES:
+            self.flush()
+        return len(stored)
+
+    def _rest(self, rest: dict[str, Any], subset: str) -> str | int | None:
+        """NULL for a plain {"meta": {"pile_set_name": subset}}, else an interned id or the JSON text."""
+        if is_plain(rest, subset):
+            return None
+        text = dump_json(rest).decode()
+        found = self.rest_ids.get(text)
+        if found is None and len(self.rest_ids) < MAX_INTERNED_RESTS:
+            found = self.rest_ids[text] = len(self.rest_ids)
+        return text if found is None else found
+
+    def flush(self) -> None:
+        if self.rows:
+            partition.write_documents(self.conn, self.rows)
+            self.rows.clear()
+            self.batch_bytes = 0
+
+    def columns(self) -> dict[str, np.ndarray]:
+        n = len(self.checksums)
+        return {"row_id": np.arange(n, dtype=np.int64), "text_bytes": np.frombuffer(self.text_bytes, np.int64),
+                "subset": np.frombuffer(self.subsets, np.int32), "checksum": np.frombuffer(self.checksums, np.int64)}
+
+
+def _dictionary_rows(dicts: dict[str | None, bytes | None]) -> tuple[list[tuple[int, str | None, bytes | None]],
+                                                                    dict[str | None, int]]:
+    """Rows of the dictionaries table (shared first, id 1) and the codec id of each subset."""
+    rows: list[tuple[int, str | None, bytes | None]] = [(1, None, dicts[None])]
+    codec_of_subset: dict[str | None, int] = {None: 1}
+    for subset in sorted(s for s in dicts if s is not None):
+        codec_of_subset[subset] = len(rows) + 1
+        rows.append((len(rows) + 1, subset, dicts[subset]))
+    return rows, codec_of_subset
+
+
+def build_partition(source: Path, out_dir: Path, settings: CompressionSettings, *, strict: bool = False,
+                    on_progress: ProgressCallback = lambda b, d: None) -> dict[str, Any]:
+    """Ingest `source` into out_dir/{partition.sqlite,index.arrow,result.json}; returns the result dict.
+
+    Raises SourceError for an unreadable source, and for the first bad line when `strict`.
+    """
+    started = time.perf_counter()
+    stats = _Stats()
+    pending_docs = 0
+
+    def count_bytes(n: int) -> None:
+        nonlocal pending_docs
+        on_progress(n, pending_docs)
+        pending_docs = 0
+
+    def bad_line(line_no: int, err: LineError) -> None:
+        where = f"{source}:{line_no}: {err.detail}"
+        if strict:
+            raise SourceError(f"{where} (--strict stops at the first bad line; without it such lines are "
+                              "counted and skipped)")
+        stats.skipped[err.reason] += 1
+        if len(stats.examples) < MAX_EXAMPLES:
+            stats.examples.append(where)
+
+    reader = SourceReader(source, on_bytes=count_bytes)
+    records = reader.records(bad_line)
+    buffered: list[tuple[str, bytes, Record]] = []
+    buffered_bytes = 0
+    for record in records:
+        data = encode_text(record.text)
+        buffered.append((subset_of(record.rest), data, record))
+        buffered_bytes += len(data)
+        if buffered_bytes >= settings.sample_bytes:
+            break
+
+    samples: dict[str, list[bytes]] = {}
+    for subset, data, _ in buffered:
+        samples.setdefault(subset, []).append(data)
+    dicts = train_dictionaries(samples, settings)
+    del samples
+    dict_rows, codec_of_subset = _dictionary_rows(dicts)
+    compressor = Compressor(codec_of_subset, {row[0]: row[2] for row in dict_rows}, settings.level)
+
+    part_path = out_dir / PARTITION_FILE
+    writer = _PartitionWriter(part_path, compressor)
+    partition.write_dictionaries(writer.conn, dict_rows)
+
+    def add(subset: str, data: bytes, rest: dict[str, Any]) -> None:
+        nonlocal pending_docs
+        stored = writer.add(subset, data, rest)
+        stats.docs[subset] += 1
+        stats.text[subset] += len(data)
+        stats.stored[subset] += stored
+        pending_docs += 1
+
+    for subset, data, record in buffered:
+        add(subset, data, record.rest)
+    buffered.clear()
+    for record in records:
+        data = encode_text(record.text)
+        add(subset_of(record.rest), data, record.rest)
+    writer.flush()
+    on_progress(0, pending_docs)
+
+    subsets = list(writer.subset_ids)
+    partition.write_rests(writer.conn, [(i, text) for text, i in writer.rest_ids.items()])
+    partition.write_subsets(writer.conn, subsets)
+    partition.write_properties(writer.conn, {
+        "format_version": str(partition.SCHEMA_VERSION), "source_name": source.name,
+        "source_sha256": reader.sha256, "compression": json.dumps(settings.as_dict())})
+    partition.finish(writer.conn, part_path)
+    index_path = out_dir / INDEX_FILE
+    write_index(index_path, writer.columns())
+
+    dictionary_bytes = sum(len(row[2]) for row in dict_rows if row[2] is not None)
+    result = {
+        "source": {"name": source.name, "size": reader.size, "sha256": reader.sha256, "format": reader.format},
+        "documents": sum(stats.docs.values()),
+        "text_bytes": sum(stats.text.values()),
+        "stored_bytes": sum(stats.stored.values()),
+        "dictionary_bytes": dictionary_bytes,
+        "subsets": subsets,
+        "subset_stats": {name: {"documents": stats.docs[name], "text_bytes": stats.text[name],
+                                "stored_bytes": stats.stored[name]} for name in subsets},
+        "dictionaries": {row[1] or "(shared)": len(row[2]) if row[2] else 0 for row in dict_rows},
+        "skipped": dict(stats.skipped),
+        "skipped_examples": stats.examples,
+        "compression": settings.as_dict(),
+        "files": {"partition": {"size": part_path.stat().st_size, "sha256": file_sha256(part_path)},
+                  "index": {"size": index_path.stat().st_size, "sha256": file_sha256(index_path)}},
+        "seconds": round(time.perf_counter() - started, 3),
+        "created": now(),
+    }
+    write_atomic(out_dir / RESULT_FILE, json.dumps(result, indent=1).encode())
+    return result

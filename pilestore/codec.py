@@ -1,0 +1,152 @@
+"""Per-document zstd frames with dictionaries trained on the source's own documents.
+
+    first sample_mb of text ─▶ train one dictionary per big-enough subset + one shared ─▶ Compressor
+    doc ─▶ zstd frame (content size in header, no dict id, no checksum) ─▶ raw if it does not shrink
+
+Codec ids, stored per document: 0 = raw bytes; k >= 1 = row k of the partition's `dictionaries` table
+(a row whose dictionary is NULL means plain zstd without a dictionary).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import zstandard
+
+from .errors import CorruptDocumentError
+
+log = logging.getLogger(__name__)
+
+RAW = 0
+TRAIN_PREFIX_BYTES = 8 * 1024  # a dictionary helps a document's first KBs; long tails teach it little
+TRAIN_SAMPLES_PER_DICT_BYTE = 64  # zstd advises ~100x; 64x trained as well on the sample corpus, 8x faster
+COVER_K, COVER_D = 1024, 8  # what zstd's parameter search picked on the sample corpus; fixing them saves 90%
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CompressionSettings:
+    """How ingest compresses documents. Defaults chosen by benchmarks/bench_codec.py (docs/format.md)."""
+
+    level: int = 3
+    """zstd level: 3 gives 1.01x the source .jsonl.zst size on the sample corpus at ~160 MB/s per core."""
+    dict_size: int = 112 * 1024
+    """Bytes per trained dictionary (zstd's default); 0 disables dictionaries."""
+    sample_bytes: int = 64 * 1024 * 1024
+    """Text buffered from the start of a source to train its dictionaries."""
+    min_subset_bytes: int = 1024 * 1024
+    """A subset gets its own dictionary with at least this much sample text..."""
+    min_subset_docs: int = 20
+    """...and at least this many sample documents; other subsets share one dictionary."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.level <= 22:
+            raise ValueError(f"level must be a zstd level from 1 to 22, got {self.level}")
+        if self.dict_size and not 1024 <= self.dict_size <= 4 * 1024 * 1024:
+            raise ValueError(f"dict_size must be 0 (no dictionary) or 1 KiB..4 MiB, got {self.dict_size}")
+        if self.sample_bytes < 0:
+            raise ValueError(f"sample_bytes must be >= 0, got {self.sample_bytes}")
+        if self.min_subset_bytes < 0 or self.min_subset_docs < 1:
+            raise ValueError(f"min_subset_bytes must be >= 0 and min_subset_docs >= 1, got "
+                             f"{self.min_subset_bytes} and {self.min_subset_docs}")
+
+    def as_dict(self) -> dict[str, int | str]:
+        return {"codec": "zstd", "zstd_library": ".".join(map(str, zstandard.ZSTD_VERSION)),
+                "level": self.level, "dict_size": self.dict_size, "sample_bytes": self.sample_bytes,
+                "min_subset_bytes": self.min_subset_bytes, "min_subset_docs": self.min_subset_docs}
+
+
+def _train(samples: list[bytes], settings: CompressionSettings) -> bytes | None:
+    """A dictionary for these samples, or None when there is too little data to train one.
+
+    The dictionary is at most 1/32 of the sample text (a 112 KiB one for 1 MiB of text costs more than it
+    saves); at most 64 x its size of sample text is used, taken evenly across the samples.
+    """
+    samples = [s[:TRAIN_PREFIX_BYTES] for s in samples if s]
+    total = sum(map(len, samples))
+    size = min(settings.dict_size, total // 32)
+    if len(samples) < 8 or size < 1024:
+        return None
+    budget = TRAIN_SAMPLES_PER_DICT_BYTE * size
+    if total > budget:
+        step = total / budget
+        samples = samples[:: max(1, int(step))]
+    try:
+        trained = zstandard.train_dictionary(size, samples, level=settings.level, k=COVER_K, d=COVER_D)
+    except zstandard.ZstdError as err:  # zstd refuses some sample sets (e.g. all near-identical)
+        log.info("dictionary training failed on %d samples (%d bytes): %s", len(samples), total, err)
+        return None
+    return trained.as_bytes()
+
+
+def train_dictionaries(samples_by_subset: Mapping[str, list[bytes]],
+                       settings: CompressionSettings) -> dict[str | None, bytes | None]:
+    """{subset: dictionary} for subsets with enough sample data, plus {None: shared dictionary}."""
+    if not settings.dict_size:
+        return {None: None}
+    dicts: dict[str | None, bytes | None] = {}
+    for subset, samples in sorted(samples_by_subset.items()):
+        size = sum(min(len(s), TRAIN_PREFIX_BYTES) for s in samples)
+        if len(samples) >= settings.min_subset_docs and size >= settings.min_subset_bytes:
+            trained = _train(samples, settings)
+            if trained is not None:
+                dicts[subset] = trained
+    shared = [s for samples in samples_by_subset.values() for s in samples]
+    dicts[None] = _train(shared, settings)
+    return dicts
+
+
+class Compressor:
+    """Compresses each document with its subset's dictionary (or the shared one); keeps raw what does not shrink."""
+
+    def __init__(self, codec_of_subset: Mapping[str | None, int], dictionaries: Mapping[int, bytes | None],
+                 level: int) -> None:
+        self._codec_of_subset = dict(codec_of_subset)
+        self._shared = self._codec_of_subset[None]
+        self._cctx = {codec: self._context(data, level) for codec, data in dictionaries.items()}
+
+    @staticmethod
+    def _context(data: bytes | None, level: int) -> zstandard.ZstdCompressor:
+        kwargs = {"level": level, "write_content_size": True, "write_checksum": False, "write_dict_id": False}
+        if data is None:
+            return zstandard.ZstdCompressor(**kwargs)
+        return zstandard.ZstdCompressor(dict_data=zstandard.ZstdCompressionDict(data), **kwargs)
+
+    def compress(self, subset: str, data: bytes) -> tuple[int, bytes]:
+        """(codec id, stored bytes) for one document's UTF-8 text."""
+        codec = self._codec_of_subset.get(subset, self._shared)
+        frame = self._cctx[codec].compress(data)
+        if len(frame) >= len(data):
+            return RAW, data
+        return codec, frame
+
+
+class Decompressor:
+    """Inverse of Compressor for one partition; checks the frame's declared size before allocating."""
+
+    def __init__(self, dictionaries: Iterable[tuple[int, bytes | None]]) -> None:
+        self._dctx: dict[int, zstandard.ZstdDecompressor] = {}
+        for codec, data in dictionaries:
+            dict_data = zstandard.ZstdCompressionDict(data) if data is not None else None
+            self._dctx[codec] = zstandard.ZstdDecompressor(dict_data=dict_data)
+
+    def decompress(self, codec: int, stored: bytes, size: int, where: str) -> bytes:
+        """The document's UTF-8 bytes; CorruptDocumentError (naming `where`) if they cannot be recovered."""
+        if codec == RAW:
+            if len(stored) != size:
+                raise CorruptDocumentError(f"{where}: stored {len(stored)} raw bytes, expected {size}")
+            return stored
+        dctx = self._dctx.get(codec)
+        if dctx is None:
+            raise CorruptDocumentError(f"{where}: unknown codec {codec}")
+        try:
+            declared = zstandard.frame_content_size(stored)
+            if declared != size:
+                raise CorruptDocumentError(f"{where}: zstd frame declares {declared} bytes, expected {size}")
+            data = dctx.decompress(stored, max_output_size=size)
+        except zstandard.ZstdError as err:
+            raise CorruptDocumentError(f"{where}: zstd frame does not decompress: {err}") from err
+        if len(data) != size:
+            raise CorruptDocumentError(f"{where}: decompressed to {len(data)} bytes, expected {size}")
+        return data

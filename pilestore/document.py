@@ -1,0 +1,86 @@
+"""Document: one line of a Pile shard, and its JSON form.
+
+A line is a JSON object with a string `text`; everything else on the line (usually
+`"meta": {"pile_set_name": ...}`, but any keys) is kept exactly. Text is carried as UTF-8 bytes
+encoded with `surrogatepass`, so the lone UTF-16 surrogates real Pile lines hold (`"\\ud83d"`)
+survive the round trip: `decode_text(encode_text(s)) == s` for every Python string.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+NO_SUBSET = "(none)"
+"""Subset of documents whose meta has no string `pile_set_name`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A document read from a store: its global index, text, meta (None if the line had none) and subset."""
+
+    idx: int
+    text: str
+    meta: dict[str, Any] | None
+    subset: str
+    extra: dict[str, Any] | None = None
+    """Top-level keys of the source line other than `text` and `meta`, if there were any."""
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON object of the source line: `text`, then `meta` (if present), then any other keys."""
+        record: dict[str, Any] = {"text": self.text}
+        if self.meta is not None:
+            record["meta"] = self.meta
+        if self.extra:
+            record.update(self.extra)
+        return record
+
+
+def encode_text(text: str) -> bytes:
+    """UTF-8 bytes of `text`; lone surrogates become their 3-byte forms instead of failing."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def decode_text(data: bytes) -> str:
+    """Inverse of encode_text."""
+    return data.decode("utf-8", "surrogatepass")
+
+
+def subset_of(rest: dict[str, Any]) -> str:
+    """The `meta.pile_set_name` of a record without its text, or NO_SUBSET."""
+    meta = rest.get("meta")
+    name = meta.get("pile_set_name") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name or name == NO_SUBSET:
+        return NO_SUBSET
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate in the name: keep it in meta, group it as unknown
+        return NO_SUBSET
+    return name
+
+
+def is_plain(rest: dict[str, Any], subset: str) -> bool:
+    """True when the record, text aside, is exactly {"meta": {"pile_set_name": subset}} (stored as NULL)."""
+    if len(rest) != 1:
+        return False
+    meta = rest.get("meta")
+    return type(meta) is dict and len(meta) == 1 and meta.get("pile_set_name") == subset and subset != NO_SUBSET
+
+
+def dump_json(obj: Any) -> bytes:
+    """Compact JSON; falls back to ASCII escapes for what orjson refuses (lone surrogates, ints over 64 bits)."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:  # orjson.JSONEncodeError subclasses TypeError
+        return json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode("ascii")
+
+
+def load_json(data: bytes | str) -> Any:
+    """Parse JSON written by dump_json (or any JSON: falls back to the stdlib for lone surrogates)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)

@@ -1,0 +1,75 @@
+"""Arrow IPC index files: one per partition, memory-mapped, one row per document.
+
+    row_id        int64  row of the document in its partition (0-based; equals the row's position)
+    text_bytes    int64  UTF-8 bytes of its text
+    subset        int32  subset id, local to the partition (manifest maps it to the store's names)
+    checksum      int64  xxh3_64 of the text's UTF-8 bytes, as a signed int64
+
+One record batch, no compression, so each column is a zero-copy numpy view of the mapped file: opening
+costs a footer read, whatever the number of documents. pyarrow is imported here only, and lazily by the
+store, so `pilestore sample` never pays for it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import StoreFormatError
+
+SCHEMA = pa.schema(
+    [
+        ("row_id", pa.int64()),
+        ("text_bytes", pa.int64()),
+        ("subset", pa.int32()),
+        ("checksum", pa.int64()),
+    ],
+    metadata={"pilestore.index": "1"},
+)
+DTYPES = {field.name: field.type.to_pandas_dtype() for field in SCHEMA}
+
+
+def write_index(path: Path, columns: dict[str, np.ndarray]) -> None:
+    """Write the columns (numpy arrays of equal length, SCHEMA's names) as one uncompressed batch; fsync."""
+    arrays = [pa.array(np.asarray(columns[f.name], dtype=DTYPES[f.name]), type=f.type) for f in SCHEMA]
+    batch = pa.record_batch(arrays, schema=SCHEMA)
+    with open(path, "wb") as fh:
+        with pa.ipc.new_file(fh, SCHEMA) as writer:
+            writer.write_batch(batch)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionIndex:
+    """The index of one partition, mapped read-only: columns are numpy views into the file."""
+
+    path: Path
+    row_id: np.ndarray
+    text_bytes: np.ndarray
+    subset: np.ndarray
+    checksum: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.row_id)
+
+
+def open_index(path: Path, expected_rows: int) -> PartitionIndex:
+    """Map an index file; StoreFormatError if it is unreadable, has the wrong schema or row count."""
+    try:
+        source = pa.memory_map(str(path), "r")
+        reader = pa.ipc.open_file(source)
+        if reader.num_record_batches != 1 or not reader.schema.equals(SCHEMA, check_metadata=False):
+            raise StoreFormatError(f"{path}: not a pilestore index (schema {reader.schema}, "
+                                   f"{reader.num_record_batches} batches); run `pilestore verify`")
+        batch = reader.get_batch(0)
+        columns = {f.name: batch.column(f.name).to_numpy(zero_copy_only=True) for f in SCHEMA}
+    except (pa.ArrowException, OSError) as err:
+        raise StoreFormatError(f"{path}: unreadable index file ({err}); run `pilestore verify`") from err
+    if batch.num_rows != expected_rows:
+        raise StoreFormatError(f"{path}: index has {batch.num_rows} rows, the manifest says {expected_rows}")
+    return PartitionIndex(path=path, **columns)

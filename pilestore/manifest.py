@@ -1,0 +1,135 @@
+"""manifest.json: the one file that makes a directory a complete store. Written last, atomically.
+
+A store directory:
+
+    manifest.json            this file; absent = incomplete (an ingest never finished)
+    partitions/00000.sqlite  documents of source 0 (partition.py)
+    index/00000.arrow        their index (index.py)
+    .staging/                work in progress of a running or interrupted ingest; readers ignore it
+    .lock                    held (flock) by a writing command; readers never touch it
+
+Partitions are immutable once listed: adding sources writes new files, then a new manifest replaces the
+old by rename, so a reader that loaded the old manifest keeps a consistent view.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import IncompleteStoreError, StoreFormatError, StoreLockedError, StoreNotFoundError
+
+FORMAT_NAME = "pilestore"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PARTITIONS_DIR = "partitions"
+INDEX_DIR = "index"
+STAGING_DIR = ".staging"
+LOCK_FILE = ".lock"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def empty_manifest(version: str) -> dict[str, Any]:
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "pilestore_version": version,
+            "created": now(), "updated": now(), "documents": 0, "subsets": [], "partitions": []}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` so that readers see the old or the new file, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_manifest(store: Path, manifest: dict[str, Any]) -> None:
+    write_atomic(store / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode() + b"\n")
+
+
+def read_manifest(store: Path) -> dict[str, Any]:
+    """The manifest of a complete store, validated; a clear error for every way this can fail."""
+    path = store / MANIFEST
+    if not store.exists():
+        raise StoreNotFoundError(f"{store}: no such store; create one with `pilestore ingest SHARD --store {store}`")
+    if not store.is_dir():
+        raise StoreNotFoundError(f"{store}: not a directory; a store is a directory made by `pilestore ingest`")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if (store / STAGING_DIR).exists() or (store / PARTITIONS_DIR).exists():
+            raise IncompleteStoreError(
+                f"{store}: incomplete store (no {MANIFEST}): an ingest started here and did not finish. "
+                f"Re-run the same `pilestore ingest ... --store {store}` to finish it (finished sources are "
+                "reused), or delete the directory to start over."
+            ) from None
+        raise StoreNotFoundError(f"{store}: not a pilestore store (no {MANIFEST})") from None
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StoreFormatError(f"{path}: corrupt manifest ({err}); restore it from a backup or re-ingest") from err
+    _check(manifest, path)
+    return manifest
+
+
+def _check(manifest: Any, path: Path) -> None:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise StoreFormatError(f"{path}: not a pilestore manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StoreFormatError(f"{path}: store format version {version!r}; this pilestore reads version "
+                               f"{FORMAT_VERSION}. Upgrade pilestore or re-ingest.")
+    try:
+        subsets = manifest["subsets"]
+        total = 0
+        for i, part in enumerate(manifest["partitions"]):
+            if part["id"] != i or not isinstance(part["documents"], int) or part["documents"] < 0:
+                raise ValueError(f"partition {i} has a bad id or document count")
+            if any(name not in subsets for name in part["subsets"]):
+                raise ValueError(f"partition {i} names a subset the store does not list")
+            for key in ("file", "index"):
+                if not isinstance(part[key], str) or ".." in part[key] or part[key].startswith("/"):
+                    raise ValueError(f"partition {i} has a bad {key} path {part[key]!r}")
+            total += part["documents"]
+        if manifest["documents"] != total:
+            raise ValueError(f"documents {manifest['documents']} != sum over partitions {total}")
+    except (KeyError, TypeError, ValueError) as err:
+        raise StoreFormatError(f"{path}: inconsistent manifest: {err}") from err
+
+
+@contextmanager
+def writer_lock(store: Path) -> Iterator[None]:
+    """Exclusive right to change `store`; the OS releases it if the process dies (even by kill -9)."""
+    store.mkdir(parents=True, exist_ok=True)
+    fd = os.open(store / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise StoreLockedError(f"{store}: another pilestore command is writing to this store; "
+                                       "wait for it to finish, then re-run") from None
+            raise
+        yield
+    finally:
+        os.close(fd)

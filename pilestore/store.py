@@ -1,0 +1,208 @@
+"""Store: the read side. `pilestore.open(path)[i]` is one bisect over partitions and one SQLite row look-up.
+
+    global idx ──bisect over partition starts (P+1 ints)──▶ (partition p, row = idx - start[p])
+               ──SELECT ... WHERE id = row──▶ zstd frame ──decompress──▶ check xxh3 ──▶ Document
+
+Row ids equal positions, so reading a document needs no index file and no pyarrow: `pilestore sample`
+stays fast to start. The Arrow index (per-document sizes, subsets, checksums as numpy arrays) is
+mapped lazily by `Store.index(p)` for whole-corpus work. Connections and mappings open lazily per
+process, so a Store can be pickled into spawned DataLoader workers or inherited by forked ones.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import apsw
+
+from . import partition
+from .build import checksum
+from .codec import Decompressor
+from .document import Document, decode_text, load_json
+from .errors import CorruptDocumentError, StoreFormatError
+from .manifest import read_manifest
+
+if TYPE_CHECKING:
+    from .index import PartitionIndex
+
+
+class _Partition:
+    """One partition's open connection and decompressor (per process)."""
+
+    __slots__ = ("conn", "decompressor", "rests", "subsets")
+
+    def __init__(self, path: Path, subsets: list[str]) -> None:
+        if not path.exists():
+            raise StoreFormatError(f"{path}: partition file missing; the store is damaged (run `pilestore verify`)")
+        self.conn = partition.connect_reader(path)
+        try:
+            self.decompressor = Decompressor(partition.read_dictionaries(self.conn))
+            stored_subsets = partition.read_subsets(self.conn)
+        except apsw.Error as err:
+            raise StoreFormatError(f"{path}: unreadable partition ({err}); run `pilestore verify`") from err
+        if stored_subsets != subsets:
+            raise StoreFormatError(f"{path}: subsets {stored_subsets} differ from the manifest's {subsets}")
+        self.subsets = subsets
+        self.rests: dict[int, str] = {}
+
+    def rest(self, rest_id: int, where: str) -> str:
+        """An interned rest JSON (cached: few distinct values repeat across many documents)."""
+        found = self.rests.get(rest_id)
+        if found is None:
+            found = partition.read_rest(self.conn, rest_id)
+            if found is None:
+                raise CorruptDocumentError(f"{where}: refers to missing meta #{rest_id}")
+            self.rests[rest_id] = found
+        return found
+
+
+class Store:
+    """A complete pilestore store, opened read-only. Use `pilestore.open(path)`."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.manifest: dict[str, Any] = read_manifest(self.path)
+        self._setup()
+
+    def _setup(self) -> None:
+        parts = self.manifest["partitions"]
+        self._starts = [0]
+        for part in parts:
+            self._starts.append(self._starts[-1] + part["documents"])
+        self._pid = os.getpid()
+        self._open: dict[int, _Partition] = {}
+        self._indexes: dict[int, PartitionIndex] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "manifest": self.manifest}  # no connections or mappings: reopened lazily
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path, self.manifest = state["path"], state["manifest"]
+        self._setup()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, documents={len(self)}, partitions={self.num_partitions})"
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    @property
+    def num_partitions(self) -> int:
+        return len(self.manifest["partitions"])
+
+    @property
+    def subsets(self) -> dict[str, int]:
+        """Documents per subset, from the manifest (no file is read)."""
+        counts: Counter[str] = Counter()
+        for part in self.manifest["partitions"]:
+            for name, values in part["subset_stats"].items():
+                counts[name] += values["documents"]
+        return dict(sorted(counts.items()))
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:  # forked: the parent's SQLite handles and maps are not ours to use
+            self._open = {}
+            self._indexes = {}
+            self._pid = os.getpid()
+
+    def _partition(self, p: int) -> _Partition:
+        self._check_process()
+        part = self._open.get(p)
+        if part is None:
+            entry = self.manifest["partitions"][p]
+            part = self._open[p] = _Partition(self.path / entry["file"], entry["subsets"])
+        return part
+
+    def locate(self, idx: int) -> tuple[int, int]:
+        """(partition, row) of global document index `idx` (negative counts from the end)."""
+        i = operator.index(idx)
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"document index {idx} out of range for a store of {n} documents")
+        p = bisect_right(self._starts, i) - 1
+        return p, i - self._starts[p]
+
+    def __getitem__(self, idx: int) -> Document:
+        p, row = self.locate(idx)
+        part = self._partition(p)
+        found = partition.read_row(part.conn, row)
+        gidx = self._starts[p] + row
+        if found is None:
+            raise CorruptDocumentError(f"{self._where(p, row)}: row missing from the partition")
+        return self._document(gidx, p, row, part, *found)
+
+    def _where(self, p: int, row: int) -> str:
+        return f"{self.path / self.manifest['partitions'][p]['file']}: document {self._starts[p] + row} (row {row})"
+
+    def _document(self, gidx: int, p: int, row: int, part: _Partition, subset_id: int, codec: int, size: int,
+                  digest: int, rest: str | int | None, stored: bytes) -> Document:
+        where = self._where(p, row)
+        data = part.decompressor.decompress(codec, stored, size, where)
+        if checksum(data) != digest:
+            raise CorruptDocumentError(f"{where}: text does not match its checksum; run `pilestore verify`")
+        if not 0 <= subset_id < len(part.subsets):
+            raise CorruptDocumentError(f"{where}: subset id {subset_id} out of range")
+        subset = part.subsets[subset_id]
+        if rest is None:
+            return Document(gidx, decode_text(data), {"pile_set_name": subset}, subset)
+        record = load_json(part.rest(rest, where) if isinstance(rest, int) else rest)
+        meta = record.pop("meta", None)
+        return Document(gidx, decode_text(data), meta, subset, record or None)
+
+    def iter_partition(self, p: int, start: int = 0) -> Iterator[Document]:
+        """Documents of partition p from row `start`, in order, with one sequential scan."""
+        part = self._partition(p)
+        expected = start
+        for row, *fields in partition.iter_rows(part.conn, start):
+            if row != expected:
+                raise CorruptDocumentError(f"{self._where(p, expected)}: row missing from the partition")
+            yield self._document(self._starts[p] + row, p, row, part, *fields)
+            expected += 1
+        if expected != self.manifest["partitions"][p]["documents"]:
+            raise CorruptDocumentError(f"{self._where(p, expected)}: partition ends early")
+
+    def __iter__(self) -> Iterator[Document]:
+        for p in range(self.num_partitions):
+            yield from self.iter_partition(p)
+
+    def index(self, p: int) -> PartitionIndex:
+        """The memory-mapped Arrow index of partition p (imports pyarrow on first use)."""
+        from .index import open_index
+
+        self._check_process()
+        found = self._indexes.get(p)
+        if found is None:
+            entry = self.manifest["partitions"][p]
+            found = self._indexes[p] = open_index(self.path / entry["index"], entry["documents"])
+        return found
+
+    def partition_start(self, p: int) -> int:
+        """Global index of partition p's first document."""
+        return self._starts[p]
+
+    def close(self) -> None:
+        for part in self._open.values():
+            part.conn.close()
+        self._open = {}
+        self._indexes = {}
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001 - `pilestore.open` is the public name
+    """Open a complete store read-only; IncompleteStoreError / StoreNotFoundError say what to do otherwise."""
+    return Store(path)
+
+

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xxhash
 
 from . import partition
 from .codec import CompressionSettings, Compressor, train_dictionaries
-from .document import dump_json, encode_text, is_plain, subset_of
+from .document import checksum, dump_json, encode_text, is_plain, subset_of
 from .errors import LineError, SourceError
 from .index import write_index
 from .manifest import now, write_atomic
@@ -39,16 +38,6 @@ MAX_EXAMPLES = 5  # bad lines quoted per source; all are counted
 MAX_INTERNED_RESTS = 65536  # distinct non-plain `rest` values interned per partition; further ones stored inline
 
 ProgressCallback = Callable[[int, int], None]  # (compressed bytes read, documents written) since last call
-
-
-def signed64(value: int) -> int:
-    """An unsigned 64-bit hash as the signed int64 SQLite and Arrow store."""
-    return value - (1 << 64) if value >= (1 << 63) else value
-
-
-def checksum(data: bytes) -> int:
-    """xxh3_64 of a document's UTF-8 bytes, as a signed int64."""
-    return signed64(xxhash.xxh3_64_intdigest(data))
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import xxhash
 
 NO_SUBSET = "(none)"
 """Subset of documents whose meta has no string `pile_set_name`."""
@@ -47,6 +48,12 @@ def encode_text(text: str) -> bytes:
 def decode_text(data: bytes) -> str:
     """Inverse of encode_text."""
     return data.decode("utf-8", "surrogatepass")
+
+
+def checksum(data: bytes) -> int:
+    """xxh3_64 of a document's UTF-8 bytes as a signed int64 (what SQLite and the Arrow index store)."""
+    value = xxhash.xxh3_64_intdigest(data)
+    return value - (1 << 64) if value >= (1 << 63) else value
 
 
 def subset_of(rest: dict[str, Any]) -> str:

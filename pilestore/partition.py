@@ -44,7 +44,7 @@ CREATE TABLE documents(
     codec INTEGER NOT NULL,
     size INTEGER NOT NULL,
     checksum INTEGER NOT NULL,
-    rest TEXT,
+    rest,  -- no declared type: holds NULL, an INTEGER id or TEXT, each kept as it is
     data BLOB NOT NULL
 );
 """

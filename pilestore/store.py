@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Any
 import apsw
 
 from . import partition
-from .build import checksum
 from .codec import Decompressor
-from .document import Document, decode_text, load_json
+from .document import Document, checksum, decode_text, load_json
 from .errors import CorruptDocumentError, StoreFormatError
 from .manifest import read_manifest
 

@@ -9,7 +9,7 @@ from typing import Any
 import apsw
 
 from . import partition
-from .build import checksum
+from .document import checksum
 from .errors import StoreFormatError
 from .shards import file_sha256
 from .store import Store

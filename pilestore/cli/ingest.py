@@ -1,0 +1,74 @@
+"""`pilestore ingest`: add Pile shards to a store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from .options import json_option, quiet_option, store_option
+from .ui import Ui
+
+
+def _summary_table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"{report['documents']:,} documents ingested in {report['seconds']:.1f} s "
+                        f"({report['text_mb_per_s']} MB/s of text)", title_justify="left")
+    for name in ("subset", "documents", "text MB", "stored MB", "ratio"):
+        table.add_column(name, justify="left" if name == "subset" else "right")
+    for name, values in report["subsets"].items():
+        table.add_row(name, f"{values['documents']:,}", f"{values['text_bytes'] / 1e6:,.2f}",
+                      f"{values['stored_bytes'] / 1e6:,.2f}", f"{values['ratio']}x")
+    table.add_row("all", f"{report['documents']:,}", f"{report['text_bytes'] / 1e6:,.2f}",
+                  f"{report['stored_bytes'] / 1e6:,.2f}", f"{report['ratio']}x", style="bold")
+    return table
+
+
+@click.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@store_option
+@click.option("--workers", "-j", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Sources ingested at once, each in its own process.")
+@click.option("--level", default=3, show_default=True, type=click.IntRange(1, 22), help="zstd level.")
+@click.option("--dict-size", default=112 * 1024, show_default=True, type=click.IntRange(min=0),
+              help="Bytes per trained zstd dictionary; 0 = no dictionaries.")
+@click.option("--strict", is_flag=True, help="Fail on the first bad line instead of counting and skipping it.")
+@json_option
+@quiet_option
+def ingest(sources: tuple[Path, ...], store_dir: Path, workers: int, level: int, dict_size: int, strict: bool,
+           json_output: bool, quiet: bool) -> None:
+    """Add the documents of Pile SOURCES (.jsonl.zst or .jsonl) to a store.
+
+    Each source becomes one partition, built in parallel with --workers. The store changes only
+    when every source is done; re-run the same command after a failure or Ctrl-C to finish.
+
+    \b
+    Example:
+        pilestore ingest 00.jsonl.zst 01.jsonl.zst --store pile.store --workers 2
+    """
+    from ..codec import CompressionSettings
+    from ..ingest import ingest as run_ingest
+
+    ui = Ui(json_output=json_output, quiet=quiet)
+    try:
+        settings = CompressionSettings(level=level, dict_size=dict_size)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
+    with ui.bytes_progress("ingest") as (start, advance):
+        report = run_ingest(list(sources), store_dir, settings=settings, workers=workers, strict=strict,
+                            on_progress=advance, on_start=start).as_dict()
+    if json_output:
+        ui.emit_json(report)
+        return
+    for name in report["already_in_store"]:
+        ui.note(f"{name}: already in {store_dir}, skipped")
+    if report["documents"] or report["sources"]:
+        ui.out.print(_summary_table(report))
+    skipped = report["skipped"]
+    if skipped:
+        total = sum(skipped.values())
+        reasons = ", ".join(f"{reason} {count:,}" for reason, count in sorted(skipped.items()))
+        ui.warn(f"skipped {total:,} bad lines ({reasons}); first ones:")
+        for example in report["skipped_examples"]:
+            ui.err.print(f"  {example}", markup=False)

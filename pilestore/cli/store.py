@@ -1,0 +1,172 @@
+"""Commands that read a store: sample, info, verify, export. None of them imports torch or numba."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .options import json_option, quiet_option, store_option
+from .ui import Ui
+
+
+@click.command()
+@click.option("--idx", required=True, type=int, help="Global document index (negative counts from the end).")
+@store_option
+@json_option
+def sample(idx: int, store_dir: Path, json_output: bool) -> None:
+    """Print one document of the store.
+
+    \b
+    Example:
+        pilestore sample --idx 12345 --store pile.store
+        pilestore sample --idx -1 --json | jq .meta
+    """
+    from .. import open as open_store
+    from ..document import dump_json, encode_text
+
+    store = open_store(store_dir)
+    try:
+        doc = store[idx]
+    except IndexError as err:
+        raise click.BadParameter(str(err), param_hint="--idx") from err
+    if json_output:
+        record = {"idx": doc.idx, **doc.to_record()}
+        sys.stdout.buffer.write(dump_json(record) + b"\n")
+        return
+    nbytes = len(encode_text(doc.text))
+    header = f"# document {doc.idx:,} of {len(store):,} | {doc.subset} | {nbytes:,} bytes"
+    if doc.meta and set(doc.meta) != {"pile_set_name"}:
+        header += f" | meta {dump_json(doc.meta).decode()}"
+    out = sys.stdout.buffer
+    out.write(header.encode("utf-8", "backslashreplace") + b"\n")
+    out.write(doc.text.encode("utf-8", "backslashreplace"))  # a lone surrogate shows as \ud83d; --json is exact
+    if not doc.text.endswith("\n"):
+        out.write(b"\n")
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and ".staging" not in p.parts)
+
+
+def _info(store: Any) -> dict[str, Any]:
+    per_subset: dict[str, dict[str, int]] = {}
+    for part in store.manifest["partitions"]:
+        for name, values in part["subset_stats"].items():
+            acc = per_subset.setdefault(name, {"documents": 0, "text_bytes": 0, "stored_bytes": 0})
+            for key in acc:
+                acc[key] += values[key]
+    source_bytes = sum(p["source"]["size"] for p in store.manifest["partitions"])
+    disk = _disk_bytes(store.path)
+    text = sum(v["text_bytes"] for v in per_subset.values())
+    return {
+        "store": str(store.path), "format_version": store.manifest["format_version"],
+        "documents": len(store), "text_bytes": text, "disk_bytes": disk, "source_bytes": source_bytes,
+        "ratio_text_to_disk": round(text / disk, 3) if disk else None,
+        "disk_to_source": round(disk / source_bytes, 4) if source_bytes else None,
+        "subsets": {name: {**v, "ratio": round(v["text_bytes"] / v["stored_bytes"], 3) if v["stored_bytes"] else None}
+                    for name, v in sorted(per_subset.items())},
+        "partitions": [{"id": p["id"], "source": p["source"]["name"], "documents": p["documents"],
+                        "text_bytes": p["text_bytes"], "source_bytes": p["source"]["size"],
+                        "skipped_lines": sum(p["skipped"].values()), "created": p["created"]}
+                       for p in store.manifest["partitions"]],
+        "created": store.manifest["created"], "updated": store.manifest["updated"],
+    }
+
+
+@click.command()
+@store_option
+@json_option
+def info(store_dir: Path, json_output: bool) -> None:
+    """Show documents, sizes and compression ratios per subset and per source.
+
+    \b
+    Example:
+        pilestore info --store pile.store
+        pilestore info --json | jq .subsets
+    """
+    from rich.table import Table
+
+    from .. import open as open_store
+
+    ui = Ui(json_output=json_output)
+    data = _info(open_store(store_dir))
+    if json_output:
+        ui.emit_json(data)
+        return
+    table = Table(title=f"{data['store']}: {data['documents']:,} documents, {data['disk_bytes'] / 1e6:,.1f} MB on "
+                        f"disk ({data['disk_to_source']}x the sources)", title_justify="left")
+    for name in ("subset", "documents", "text MB", "stored MB", "ratio"):
+        table.add_column(name, justify="left" if name == "subset" else "right")
+    for name, v in data["subsets"].items():
+        table.add_row(name, f"{v['documents']:,}", f"{v['text_bytes'] / 1e6:,.2f}", f"{v['stored_bytes'] / 1e6:,.2f}",
+                      f"{v['ratio']}x")
+    ui.out.print(table)
+    sources = Table(title="partitions", title_justify="left")
+    for name in ("id", "source", "documents", "source MB", "skipped lines"):
+        sources.add_column(name, justify="left" if name == "source" else "right")
+    for p in data["partitions"]:
+        sources.add_row(str(p["id"]), p["source"], f"{p['documents']:,}", f"{p['source_bytes'] / 1e6:,.1f}",
+                        f"{p['skipped_lines']:,}")
+    ui.out.print(sources)
+
+
+@click.command()
+@store_option
+@json_option
+@quiet_option
+def verify(store_dir: Path, json_output: bool, quiet: bool) -> None:
+    """Check every file hash and decompress every document against its checksum.
+
+    Exits 1 and names each corrupt file and document if anything is wrong.
+
+    \b
+    Example:
+        pilestore verify --store pile.store
+    """
+    from .. import open as open_store
+    from ..verify import verify as run_verify
+
+    ui = Ui(json_output=json_output, quiet=quiet)
+    store = open_store(store_dir)
+    with ui.docs_progress("verify", len(store)) as advance:
+        report = run_verify(store, on_document=advance)
+    if json_output:
+        ui.emit_json(report.as_dict())
+    elif report.ok:
+        ui.out.print(f"ok: {report.documents_checked:,} documents in {store.num_partitions} partitions verified")
+    else:
+        for problem in report.problems:
+            ui.err.print(problem, markup=False, style="red")
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+@click.command()
+@store_option
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file: zstd-compressed if it ends in .zst, else plain JSON lines.")
+@click.option("--level", default=3, show_default=True, type=click.IntRange(1, 22), help="zstd level for .zst output.")
+@json_option
+@quiet_option
+def export(store_dir: Path, out: Path, level: int, json_output: bool, quiet: bool) -> None:
+    """Write every document back as Pile JSON lines, in store order.
+
+    \b
+    Example:
+        pilestore export --store pile.store --out all.jsonl.zst
+    """
+    from .. import open as open_store
+    from ..export import export as run_export
+
+    ui = Ui(json_output=json_output, quiet=quiet)
+    store = open_store(store_dir)
+    with ui.docs_progress("export", len(store)) as advance:
+        count = run_export(store, out, level=level, on_document=advance)
+    result = {"out": str(out), "documents": count, "bytes": out.stat().st_size}
+    if json_output:
+        ui.emit_json(result)
+    else:
+        ui.out.print(f"wrote {count:,} documents to {out} ({result['bytes'] / 1e6:,.1f} MB)")

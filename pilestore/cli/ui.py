@@ -1,0 +1,82 @@
+"""The only module that writes to the terminal: progress on stderr, results on stdout.
+
+Progress bars show only on an interactive stderr, never under --quiet or --json, so pipes and CI stay quiet.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
+                           TextColumn, TimeRemainingColumn, TransferSpeedColumn)
+from rich.text import Text
+
+
+class DocsPerSecond(ProgressColumn):
+    """Documents per second, from a `docs` field on the task."""
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0
+        docs = task.fields.get("docs", task.completed)
+        rate = docs / elapsed if elapsed > 0 else 0
+        return Text(f"{rate:,.0f} docs/s", style="progress.data.speed")
+
+
+class Ui:
+    """How a command talks: `json_output` prints one JSON document; `quiet` drops progress and notes."""
+
+    def __init__(self, *, json_output: bool = False, quiet: bool = False) -> None:
+        self.json_output = json_output
+        self.quiet = quiet
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False)
+
+    @property
+    def show_progress(self) -> bool:
+        return not (self.quiet or self.json_output) and self.err.is_terminal
+
+    @contextmanager
+    def bytes_progress(self, label: str) -> Iterator[tuple[Callable[[int], None], Callable[[int, int], None]]]:
+        """(start(total_bytes), advance(bytes, docs)) for work measured in bytes read."""
+        if not self.show_progress:
+            yield (lambda total: None), (lambda nbytes, ndocs: None)
+            return
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   DocsPerSecond(), TimeRemainingColumn())
+        with Progress(*columns, console=self.err, transient=True) as progress:
+            task = progress.add_task(label, total=None, docs=0)
+            docs = 0
+
+            def advance(nbytes: int, ndocs: int) -> None:
+                nonlocal docs
+                docs += ndocs
+                progress.update(task, advance=nbytes, docs=docs)
+
+            yield (lambda total: progress.update(task, total=total)), advance
+
+    @contextmanager
+    def docs_progress(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+        """advance(docs) for work measured in documents."""
+        if not self.show_progress:
+            yield lambda n: None
+            return
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), DocsPerSecond(),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=self.err, transient=True) as progress:
+            task = progress.add_task(label, total=total)
+            yield lambda n: progress.advance(task, n)
+
+    def emit_json(self, data: Any) -> None:
+        sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=1) + "\n")
+
+    def note(self, message: str, style: str = "dim") -> None:
+        if not self.quiet:
+            self.err.print(message, style=style, markup=False)
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"warning: {message}", style="yellow", markup=False)

@@ -56,26 +56,24 @@ class _PartitionWriter:
         self.conn = partition.connect_writer(path)
         self.compressor = compressor
         self.subset_ids: dict[str, int] = {}
-        self.rows: list[tuple[Any, ...]] = []
-        self.batch_bytes = 0
+        self.pending: list[tuple[str, bytes, str | int | None]] = []
+        self.pending_bytes = 0
         self.text_bytes = array("q")
         self.rest_ids: dict[str, int] = {}
         self.subsets = array("i")
         self.checksums = array("q")
+        self.stored: Counter[str] = Counter()
 
-    def add(self, subset: str, data: bytes, rest: dict[str, Any]) -> int:
-        """Store one document; returns its stored size."""
+    def add(self, subset: str, data: bytes, rest: dict[str, Any]) -> None:
+        """Queue one document; it is compressed and written with its batch."""
         sid = self.subset_ids.setdefault(subset, len(self.subset_ids))
-        codec, stored = self.compressor.compress(subset, data)
-        digest = checksum(data)
-        self.rows.append((len(self.checksums), sid, codec, len(data), digest, self._rest(rest, subset), stored))
+        self.pending.append((subset, data, self._rest(rest, subset)))
         self.text_bytes.append(len(data))
         self.subsets.append(sid)
-        self.checksums.append(digest)
-        self.batch_bytes += len(stored)
-        if len(self.rows) >= BATCH_ROWS or self.batch_bytes >= BATCH_BYTES:
+        self.checksums.append(checksum(data))
+        self.pending_bytes += len(data)
+        if len(self.pending) >= BATCH_ROWS or self.pending_bytes >= BATCH_BYTES:
             self.flush()
-        return len(stored)
 
     def _rest(self, rest: dict[str, Any], subset: str) -> str | int | None:
         """NULL for a plain {"meta": {"pile_set_name": subset}}, else an interned id or the JSON text."""
@@ -88,10 +86,19 @@ class _PartitionWriter:
         return text if found is None else found
 
     def flush(self) -> None:
-        if self.rows:
-            partition.write_documents(self.conn, self.rows)
-            self.rows.clear()
-            self.batch_bytes = 0
+        """Compress the batch (grouped by dictionary, see Compressor.compress_batch) and write it in order."""
+        if not self.pending:
+            return
+        first = len(self.checksums) - len(self.pending)
+        compressed = self.compressor.compress_batch([(subset, data) for subset, data, _ in self.pending])
+        rows = []
+        for i, ((subset, data, rest), (codec, stored)) in enumerate(zip(self.pending, compressed, strict=True)):
+            row = first + i
+            rows.append((row, self.subsets[row], codec, len(data), self.checksums[row], rest, stored))
+            self.stored[subset] += len(stored)
+        partition.write_documents(self.conn, rows)
+        self.pending.clear()
+        self.pending_bytes = 0
 
     def columns(self) -> dict[str, np.ndarray]:
         n = len(self.checksums)
@@ -159,10 +166,9 @@ def build_partition(source: Path, out_dir: Path, settings: CompressionSettings, 
 
     def add(subset: str, data: bytes, rest: dict[str, Any]) -> None:
         nonlocal pending_docs
-        stored = writer.add(subset, data, rest)
+        writer.add(subset, data, rest)
         stats.docs[subset] += 1
         stats.text[subset] += len(data)
-        stats.stored[subset] += stored
         pending_docs += 1
 
     for subset, data, record in buffered:
@@ -172,6 +178,7 @@ def build_partition(source: Path, out_dir: Path, settings: CompressionSettings, 
         data = encode_text(record.text)
         add(subset_of(record.rest), data, record.rest)
     writer.flush()
+    stats.stored = writer.stored
     on_progress(0, pending_docs)
 
     subsets = list(writer.subset_ids)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -147,6 +148,13 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):  # stored as inf it would come back as null: refuse rather than alter the document
+        raise ValueError(f"number {literal} does not fit a 64-bit float")
+    return value
+
+
 def _parse_slow(line: bytes) -> Any:
     """What orjson rejected: lone surrogate escapes are fine (stdlib json), anything else is a bad line."""
     if not line.strip():
@@ -156,7 +164,7 @@ def _parse_slow(line: bytes) -> Any:
     except UnicodeDecodeError as err:
         raise LineError("invalid_utf8", f"invalid UTF-8 at byte {err.start} of the line") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except json.JSONDecodeError as err:
         raise LineError("not_json", f"not JSON: {err.msg} at column {err.colno}") from None
     except (ValueError, RecursionError) as err:

@@ -34,7 +34,7 @@ class Ui:
         self.json_output = json_output
         self.quiet = quiet
         self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay one line in logs
 
     @property
     def show_progress(self) -> bool:

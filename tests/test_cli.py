@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pilestore.cli import cli
+
+from .conftest import ShardMaker, doc
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pilestore", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", sorted(cli.commands))
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output and f"pilestore {command}" in result.output
+
+
+def test_sample_json_equals_the_source_line(sample_store_dir: Path, sample_records: list[dict]) -> None:
+    for idx in (0, 1, 576, 5992):  # 1 and 576 hold lone surrogates
+        result = run("sample", "--idx", str(idx), "--store", str(sample_store_dir), "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == {"idx": idx, **sample_records[idx]}
+
+
+def test_sample_prints_a_header_and_the_text(sample_store_dir: Path, sample_records: list[dict]) -> None:
+    result = run("sample", "--idx", "-1", "--store", str(sample_store_dir))
+    header, _, text = result.stdout.partition("\n")
+    assert header == "# document 5,992 of 5,993 | Gutenberg (PG-19) | 6,489,524 bytes"
+    assert text.rstrip("\n") == sample_records[-1]["text"].rstrip("\n")
+
+
+def test_sample_reads_the_store_from_the_environment(sample_store_dir: Path) -> None:
+    result = CliRunner().invoke(cli, ["sample", "--idx", "3", "--json"], env={"PILESTORE_STORE": str(sample_store_dir)})
+    assert result.exit_code == 0 and json.loads(result.output)["idx"] == 3
+
+
+def test_sample_imports_neither_torch_nor_numba_nor_pyarrow(sample_store_dir: Path) -> None:
+    code = ("import sys; from pilestore.cli import main; sys.argv = ['pilestore', 'sample', '--idx', '7', '--store', "
+            f"{str(sample_store_dir)!r}, '--json']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('\\nLOADED', sorted(m for m in ('torch', 'numba', 'pyarrow', 'numpy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().endswith("LOADED []")
+
+
+def test_sample_out_of_range_is_a_usage_error(sample_store_dir: Path) -> None:
+    result = CliRunner().invoke(cli, ["sample", "--idx", "99999", "--store", str(sample_store_dir)])
+    assert result.exit_code == 2 and "out of range" in result.output
+
+
+def test_missing_store_exits_1_with_a_hint(tmp_path: Path) -> None:
+    result = run("sample", "--idx", "0", "--store", str(tmp_path / "none"))
+    assert result.returncode == 1
+    assert "no such store" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ingest_json_report_and_warnings(make_shard: ShardMaker, tmp_path: Path) -> None:
+    shard = make_shard([doc("a"), b"oops", doc("b", "Github")])
+    result = run("ingest", str(shard), "--store", str(tmp_path / "s.store"), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["documents"] == 2 and report["skipped"] == {"not_json": 1}
+    assert set(report["subsets"]) == {"Pile-CC", "Github"}
+    result = run("ingest", str(shard), "--store", str(tmp_path / "t.store"))
+    assert result.returncode == 0
+    assert f"{shard}:2: not JSON" in result.stderr and "skipped 1 bad lines" in result.stderr
+    assert "\x1b[" not in result.stderr  # no progress bar or colours in a pipe
+
+
+def test_ingest_failures_exit_non_zero_naming_the_file(tmp_path: Path, make_shard: ShardMaker) -> None:
+    junk = tmp_path / "junk.jsonl.zst"
+    junk.write_bytes(b"\x00" * 100)
+    for source, message in ((junk, "neither zstd"), (tmp_path / "gone.jsonl.zst", "no such file")):
+        result = run("ingest", str(source), "--store", str(tmp_path / "s.store"))
+        assert result.returncode == 1
+        assert str(source) in result.stderr and message in result.stderr
+    strict = run("ingest", str(make_shard([b"oops"])), "--store", str(tmp_path / "s.store"), "--strict")
+    assert strict.returncode == 1 and ":1: not JSON" in strict.stderr
+
+
+def test_bad_option_values_are_usage_errors(make_shard: ShardMaker, tmp_path: Path) -> None:
+    shard = make_shard([doc("a")])
+    for args in (["--level", "0"], ["--workers", "0"], ["--dict-size", "10"]):
+        result = CliRunner().invoke(cli, ["ingest", str(shard), "--store", str(tmp_path / "s"), *args])
+        assert result.exit_code == 2, args
+
+
+def test_info_json_and_table(sample_store_dir: Path) -> None:
+    result = CliRunner().invoke(cli, ["info", "--store", str(sample_store_dir), "--json"])
+    data = json.loads(result.output)
+    assert data["documents"] == 5993 and data["subsets"]["Github"]["documents"] == 2267
+    assert data["disk_to_source"] <= 1.10
+    table = CliRunner().invoke(cli, ["info", "--store", str(sample_store_dir)])
+    assert "Gutenberg (PG-19)" in table.output and "sample.jsonl.zst" in table.output
+
+
+def test_verify_and_export_commands(sample_store_dir: Path, tmp_path: Path, sample_records: list[dict]) -> None:
+    ok = CliRunner().invoke(cli, ["verify", "--store", str(sample_store_dir), "--json"])
+    assert ok.exit_code == 0 and json.loads(ok.output)["documents_checked"] == 5993
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(cli, ["export", "--store", str(sample_store_dir), "--out", str(out), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["documents"] == 5993
+    assert [json.loads(line) for line in out.read_bytes().split(b"\n")[:-1]] == sample_records

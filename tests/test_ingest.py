@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import pilestore
+from pilestore.codec import CompressionSettings
+from pilestore.errors import IncompleteStoreError, SourceError, StoreLockedError
+from pilestore.export import export
+from pilestore.ingest import ingest
+from pilestore.manifest import writer_lock
+
+from .conftest import SAMPLE_MANIFEST, ShardMaker, doc, read_source_lines
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in read_source_lines(path)]
+
+
+def test_export_gives_back_every_source_line_in_order(sample_store_dir: Path, sample_records: list[dict],
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / "back.jsonl.zst"
+    assert export(pilestore.open(sample_store_dir), out) == len(sample_records)
+    assert _records(out) == sample_records  # text (quirks included) and meta, compared as JSON values
+
+
+def test_every_quirk_line_reads_back_exactly(sample_store_dir: Path, sample_records: list[dict]) -> None:
+    store = pilestore.open(sample_store_dir)
+    quirks = json.loads(SAMPLE_MANIFEST.read_text())["quirk_lines"]
+    lines = [q["line"] for q in quirks] if isinstance(quirks, list) else [int(k) for k in quirks]
+    assert len(lines) >= 20
+    for line in lines:
+        document = store[line - 1]
+        assert document.to_record() == sample_records[line - 1], f"line {line}"
+
+
+def test_subset_counts_match_the_corpus_manifest(sample_store_dir: Path) -> None:
+    expected = json.loads(SAMPLE_MANIFEST.read_text())["per_subset"]
+    store = pilestore.open(sample_store_dir)
+    assert store.subsets == {name: v["docs"] for name, v in expected.items()}
+    part = store.manifest["partitions"][0]
+    assert part["text_bytes"] == sum(v["text_utf8_bytes"] for v in expected.values())
+
+
+def test_store_is_no_larger_than_110_percent_of_its_source(sample_store_dir: Path, sample_path: Path) -> None:
+    size = sum(p.stat().st_size for p in sample_store_dir.rglob("*") if p.is_file())
+    assert size <= 1.10 * sample_path.stat().st_size
+
+
+def test_bad_lines_are_skipped_counted_and_located(make_shard: ShardMaker, tmp_path: Path) -> None:
+    lines = [doc("one"), b"{not json", doc("two"), b'{"meta": {}}', b'{"text": 1}', b'{"text": "x", "meta": []}',
+             b'{"text": "caf\xe9"}', b"", doc(""), doc("last")]
+    shard = make_shard(lines)
+    report = ingest([shard], tmp_path / "s.store").as_dict()
+    assert report["documents"] == 4
+    assert report["skipped"] == {"not_json": 1, "missing_text": 1, "text_not_string": 1, "meta_not_object": 1,
+                                 "invalid_utf8": 1, "blank_line": 1}
+    assert report["skipped_examples"][0] == f"{shard}:2: not JSON: Expecting property name enclosed in double " \
+                                            "quotes at column 2"
+    assert len(report["skipped_examples"]) == 5
+    store = pilestore.open(tmp_path / "s.store")
+    assert [d.text for d in store] == ["one", "two", "", "last"]  # empty text is a document
+
+
+def test_strict_fails_on_the_first_bad_line_and_commits_nothing(make_shard: ShardMaker, tmp_path: Path) -> None:
+    shard = make_shard([doc("one"), b'{"text": 1}'])
+    with pytest.raises(SourceError, match=rf"{shard}:2: 'text' is a JSON number"):
+        ingest([shard], tmp_path / "s.store", strict=True)
+    with pytest.raises(IncompleteStoreError, match="Re-run the same `pilestore ingest"):
+        pilestore.open(tmp_path / "s.store")
+
+
+def test_a_bad_source_leaves_an_existing_store_unchanged(make_shard: ShardMaker, tmp_path: Path) -> None:
+    store_dir = tmp_path / "s.store"
+    ingest([make_shard([doc("a"), doc("b")], name="good.jsonl.zst")], store_dir)
+    before = (store_dir / "manifest.json").read_bytes()
+    truncated = tmp_path / "cut.jsonl.zst"
+    data = make_shard([doc(f"document {i} " * 30) for i in range(3000)], name="big.jsonl.zst").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SourceError, match="truncated"):
+        ingest([truncated], store_dir)
+    with pytest.raises(SourceError, match="no such file"):
+        ingest([tmp_path / "missing.jsonl.zst"], store_dir)
+    assert (store_dir / "manifest.json").read_bytes() == before
+    assert [d.text for d in pilestore.open(store_dir)] == ["a", "b"]
+
+
+def test_adding_a_source_keeps_old_readers_working(make_shard: ShardMaker, tmp_path: Path) -> None:
+    store_dir = tmp_path / "s.store"
+    ingest([make_shard([doc("a"), doc("b")], name="one.jsonl")], store_dir)
+    old = pilestore.open(store_dir)
+    report = ingest([make_shard([doc("c", "Github")], name="two.jsonl", compress=False)], store_dir)
+    assert [p["id"] for p in report.partitions] == [1]
+    new = pilestore.open(store_dir)
+    assert [d.text for d in old] == ["a", "b"] and len(old) == 2
+    assert [(d.idx, d.text, d.subset) for d in new] == [(0, "a", "Pile-CC"), (1, "b", "Pile-CC"), (2, "c", "Github")]
+    assert new.subsets == {"Github": 1, "Pile-CC": 2}
+
+
+def test_ingesting_the_same_source_twice_is_a_no_op(make_shard: ShardMaker, tmp_path: Path) -> None:
+    shard = make_shard([doc("a")])
+    ingest([shard], tmp_path / "s.store")
+    report = ingest([shard, shard], tmp_path / "s.store")
+    assert report.already_in_store == [shard.name] and not report.partitions
+    assert len(pilestore.open(tmp_path / "s.store")) == 1
+
+
+def test_two_workers_give_the_same_store_as_one(make_shard: ShardMaker, tmp_path: Path) -> None:
+    shards = [make_shard([doc(f"{n} doc {i} " * 20, subset=n) for i in range(300)], name=f"{n}.jsonl.zst")
+              for n in ("a", "b", "c")]
+    seen: list[int] = []
+    ingest(shards, tmp_path / "one.store", workers=1)
+    ingest(shards, tmp_path / "two.store", workers=2, on_progress=lambda b, d: seen.append(d))
+    one, two = pilestore.open(tmp_path / "one.store"), pilestore.open(tmp_path / "two.store")
+    assert [d.to_record() for d in one] == [d.to_record() for d in two]
+    assert [p["source"]["name"] for p in two.manifest["partitions"]] == ["a.jsonl.zst", "b.jsonl.zst", "c.jsonl.zst"]
+    assert sum(seen) == 900  # progress from worker processes reaches the caller
+
+
+def test_a_second_writer_is_refused(tmp_path: Path, make_shard: ShardMaker) -> None:
+    with writer_lock(tmp_path / "s.store"):
+        with pytest.raises(StoreLockedError, match="another pilestore command is writing"):
+            ingest([make_shard([doc("a")])], tmp_path / "s.store")
+
+
+def test_settings_are_recorded_in_the_manifest(make_shard: ShardMaker, tmp_path: Path) -> None:
+    ingest([make_shard([doc("a")])], tmp_path / "s.store", settings=CompressionSettings(level=7, dict_size=0))
+    part = pilestore.open(tmp_path / "s.store").manifest["partitions"][0]
+    assert part["compression"]["level"] == 7 and part["compression"]["dict_size"] == 0
+    assert part["source"]["sha256"] and part["files"]["partition"]["sha256"]
+
+
+def _run_ingest(source: Path, store: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pilestore", "ingest", str(source), "--store", str(store), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_an_interrupted_ingest_reruns_to_the_same_result(sample_path: Path, sample_store_dir: Path,
+                                                         tmp_path: Path, sig: signal.Signals) -> None:
+    store_dir = tmp_path / "killed.store"
+    proc = _run_ingest(sample_path, store_dir)
+    deadline = time.monotonic() + 60
+    while not list(store_dir.glob(".staging/*/partition.sqlite")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # well inside the build
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not (store_dir / "manifest.json").exists()
+    with pytest.raises(IncompleteStoreError):
+        pilestore.open(store_dir)
+    rerun = _run_ingest(sample_path, store_dir)
+    assert rerun.wait(timeout=120) == 0, rerun.stderr.read().decode() if rerun.stderr else ""
+    out_a, out_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    export(pilestore.open(store_dir), out_a)
+    export(pilestore.open(sample_store_dir), out_b)
+    assert out_a.read_bytes() == out_b.read_bytes()
+    assert not list((store_dir / ".staging").iterdir())

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import pilestore
+from pilestore import partition
+from pilestore.cli import cli
+from pilestore.errors import CorruptDocumentError, StoreFormatError
+from pilestore.verify import verify
+
+
+@pytest.fixture
+def store_copy(sample_store_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(sample_store_dir, tmp_path / "copy.store"))
+
+
+def _flip_inside_document(store_dir: Path, idx: int) -> None:
+    """Flip one byte in the middle of document idx's stored bytes, found in the partition file."""
+    path = store_dir / "partitions" / "00000.sqlite"
+    conn = partition.connect_reader(path)
+    stored = partition.read_row(conn, idx)[-1]
+    conn.close()
+    data = bytearray(path.read_bytes())
+    at = data.find(stored[:64])
+    assert at > 0 and data.count(stored[:64]) == 1
+    data[at + 40] ^= 0x20
+    path.write_bytes(bytes(data))
+
+
+def test_a_clean_store_verifies(sample_store_dir: Path) -> None:
+    report = verify(pilestore.open(sample_store_dir))
+    assert report.ok and report.documents_checked == 5993
+
+
+def test_a_flipped_byte_is_found_and_named(store_copy: Path) -> None:
+    _flip_inside_document(store_copy, 1234)
+    report = verify(pilestore.open(store_copy))
+    assert not report.ok
+    assert report.corrupt_documents == [1234]
+    assert any("sha256 differs" in p for p in report.problems)
+    with pytest.raises(CorruptDocumentError, match="document 1234"):
+        pilestore.open(store_copy)[1234]
+    assert pilestore.open(store_copy)[1233].idx == 1233
+    result = CliRunner().invoke(cli, ["verify", "--store", str(store_copy)])
+    assert result.exit_code == 1
+    assert "document 1234" in result.output
+
+
+def test_a_damaged_index_is_reported(store_copy: Path) -> None:
+    path = store_copy / "index" / "00000.arrow"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the column data
+    path.write_bytes(bytes(data))
+    report = verify(pilestore.open(store_copy))
+    assert not report.ok
+    assert any("index" in p for p in report.problems)
+
+
+def test_a_truncated_index_is_a_format_error(store_copy: Path) -> None:
+    path = store_copy / "index" / "00000.arrow"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(StoreFormatError, match="00000.arrow"):
+        pilestore.open(store_copy).index(0)
+
+
+def test_a_missing_partition_is_a_clear_error(store_copy: Path) -> None:
+    (store_copy / "partitions" / "00000.sqlite").unlink()
+    with pytest.raises(StoreFormatError, match="partition file missing"):
+        pilestore.open(store_copy)[0]
+    assert not verify(pilestore.open(store_copy)).ok

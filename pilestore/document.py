@@ -85,9 +85,26 @@ def dump_json(obj: Any) -> bytes:
         return json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
+def may_hold_big_int(value: Any) -> bool:
+    """True if orjson may have turned an integer beyond 64 bits into a float somewhere in `value`.
+
+    orjson reads such integers as floats without a word; the stdlib keeps them exact, so callers
+    re-parse with it when this says so (a float this large written as a float re-parses the same).
+    """
+    if type(value) is float:
+        return value.is_integer() and abs(value) >= 2**63
+    if type(value) is dict:
+        return any(may_hold_big_int(v) for v in value.values())
+    if type(value) is list:
+        return any(may_hold_big_int(v) for v in value)
+    return False
+
+
 def load_json(data: bytes | str) -> Any:
-    """Parse JSON written by dump_json (or any JSON: falls back to the stdlib for lone surrogates)."""
+    """Parse JSON exactly: orjson, or the stdlib for what orjson refuses or would round (lone surrogates,
+    integers beyond 64 bits)."""
     try:
-        return orjson.loads(data)
+        value = orjson.loads(data)
     except orjson.JSONDecodeError:
         return json.loads(data)
+    return json.loads(data) if may_hold_big_int(value) else value

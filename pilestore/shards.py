@@ -21,6 +21,7 @@ from typing import Any, Literal
 import orjson
 import zstandard
 
+from .document import may_hold_big_int
 from .errors import LineError, SourceError
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -182,6 +183,9 @@ def parse_line(line: bytes) -> tuple[str, dict[str, Any]]:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:
         obj = _parse_slow(line)
+    else:
+        if type(obj) is dict and any(may_hold_big_int(v) for k, v in obj.items() if k != "text"):
+            obj = _parse_slow(line)
     if not isinstance(obj, dict):
         raise LineError("not_object", f"expected a JSON object, found a JSON {_json_type(obj)}")
     if "text" not in obj:

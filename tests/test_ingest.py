@@ -164,3 +164,26 @@ def test_an_interrupted_ingest_reruns_to_the_same_result(sample_path: Path, samp
     export(pilestore.open(sample_store_dir), out_b)
     assert out_a.read_bytes() == out_b.read_bytes()
     assert not list((store_dir / ".staging").iterdir())
+
+
+def test_crafted_edge_cases_round_trip_through_the_store(make_shard: ShardMaker, tmp_path: Path) -> None:
+    lines = [
+        b'{"text": "no meta at all"}',
+        b'{"text": "top-level extras", "meta": {"pile_set_name": "Github"}, "id": 17, "url": "http://x"}',
+        b'{"text": "big ints", "meta": {"pile_set_name": "ArXiv", "n": 123456789012345678901234567890}}',
+        b'{"text": "lone \\ud83d and \\ude00\\ud83d", "meta": {"pile_set_name": "Pile-CC"}}',
+        b'{"text": "nul \\u0000 and \\u2028 raw \xe2\x80\xa8", "meta": {"pile_set_name": "Pile-CC", "x": null}}',
+        b'{"text": "odd subset", "meta": {"pile_set_name": 5}}',
+        b'{"text": "surrogate subset", "meta": {"pile_set_name": "\\udc00"}}',
+        b'{"meta": {"pile_set_name": "Github"}, "text": "meta first"}\r',
+        b'{"text": "' + "long ".encode() * 100_000 + b'", "meta": {"pile_set_name": "Books3"}}',
+    ]
+    shard = make_shard(lines)
+    ingest([shard], tmp_path / "s.store")
+    out = tmp_path / "out.jsonl"
+    export(pilestore.open(tmp_path / "s.store"), out)
+    assert [json.loads(line) for line in out.read_bytes().split(b"\n")[:-1]] == [json.loads(x) for x in lines]
+    store = pilestore.open(tmp_path / "s.store")
+    assert store[0].meta is None and store[0].subset == "(none)"
+    assert store[1].extra == {"id": 17, "url": "http://x"}
+    assert [store[i].subset for i in (5, 6)] == ["(none)", "(none)"]

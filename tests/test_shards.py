@@ -124,3 +124,8 @@ def test_lone_surrogates_fall_back_to_the_stdlib_and_are_kept() -> None:
     text, rest = parse_line(b'{"text": "a\\ud83db \\ude00\\ud83d", "meta": {"pile_set_name": "X"}}')
     assert text == "a\ud83db \ude00\ud83d"
     assert rest == {"meta": {"pile_set_name": "X"}}
+
+
+def test_integers_beyond_64_bits_in_meta_stay_exact() -> None:
+    _, rest = parse_line(b'{"text": "a", "meta": {"id": -9223372036854775809, "n": [123456789012345678901234567890]}}')
+    assert rest == {"meta": {"id": -9223372036854775809, "n": [123456789012345678901234567890]}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import zstandard
 from pilestore.ingest import ingest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("PILESTORE_SHARED", ROOT.parent / "shared"))  # beside the clone, as CI has it
 SAMPLE = SHARED / "corpus" / "sample.jsonl.zst"
 SAMPLE_MANIFEST = SHARED / "corpus" / "sample.manifest.json"
 

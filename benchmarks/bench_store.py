@@ -144,7 +144,8 @@ def bench_access(label: str, store_dir: Path, work: Path, n: int = 20_000) -> di
     sqlite_path = work / f"{label}-text.sqlite"
     sqlite_path.unlink(missing_ok=True)
     conn = apsw.Connection(str(sqlite_path))
-    conn.execute("PRAGMA journal_mode=OFF; CREATE TABLE docs(id INTEGER PRIMARY KEY, text TEXT)")
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("CREATE TABLE docs(id INTEGER PRIMARY KEY, text TEXT)")
     with conn:
         conn.executemany("INSERT INTO docs VALUES (?, ?)", ((i, t.encode("utf-8", "surrogatepass").decode(
             "utf-8", "replace")) for i, t in enumerate(texts)))

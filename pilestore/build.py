@@ -14,7 +14,9 @@ import json
 import time
 from array import array
 from collections import Counter
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ RESULT_FILE = "result.json"
 BATCH_ROWS = 4096
 BATCH_BYTES = 32 * 1024 * 1024
 MAX_EXAMPLES = 5  # bad lines quoted per source; all are counted
+MAX_IN_FLIGHT = 4  # batches queued for the writer thread (each <= BATCH_BYTES of text): bounds memory
 MAX_INTERNED_RESTS = 65536  # distinct non-plain `rest` values interned per partition; further ones stored inline
 
 ProgressCallback = Callable[[int, int], None]  # (compressed bytes read, documents written) since last call
@@ -50,27 +53,48 @@ class _Stats:
 
 
 class _PartitionWriter:
-    """Appends compressed documents to a partition file and its index columns."""
+    """Appends documents to a partition: the caller parses, a writer thread trains, compresses and inserts.
 
-    def __init__(self, path: Path, compressor: Compressor) -> None:
+    zstd and SQLite release the GIL, so the writer thread overlaps with parsing in the caller's thread.
+    At most MAX_IN_FLIGHT batches wait for it, which bounds memory.
+    """
+
+    def __init__(self, path: Path, settings: CompressionSettings, threads: int) -> None:
         self.conn = partition.connect_writer(path)
-        self.compressor = compressor
+        self.settings = settings
+        self.threads = threads
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="pilestore-writer")
+        self.in_flight: deque[Future[None]] = deque()
+        self.compressor: Compressor | None = None
+        self.dict_rows: list[tuple[int, str | None, bytes | None]] = []
         self.subset_ids: dict[str, int] = {}
-        self.pending: list[tuple[str, bytes, str | int | None]] = []
+        self.pending: list[tuple[str, int, bytes, int, str | int | None]] = []
         self.pending_bytes = 0
         self.text_bytes = array("q")
         self.rest_ids: dict[str, int] = {}
         self.subsets = array("i")
         self.checksums = array("q")
-        self.stored: Counter[str] = Counter()
+        self.stored: Counter[str] = Counter()  # written by the writer thread, read after finish()
+
+    def train(self, samples: dict[str, list[bytes]]) -> None:
+        """Train the dictionaries in the writer thread; batches added after this use them."""
+        self._submit(self._train, samples)
+
+    def _train(self, samples: dict[str, list[bytes]]) -> None:
+        dict_rows, codec_of_subset = _dictionary_rows(train_dictionaries(samples, self.settings, self.threads))
+        self.compressor = Compressor(codec_of_subset, {row[0]: row[2] for row in dict_rows}, self.settings.level,
+                                     self.threads)
+        self.dict_rows = dict_rows
+        partition.write_dictionaries(self.conn, dict_rows)
 
     def add(self, subset: str, data: bytes, rest: dict[str, Any]) -> None:
         """Queue one document; it is compressed and written with its batch."""
         sid = self.subset_ids.setdefault(subset, len(self.subset_ids))
-        self.pending.append((subset, data, self._rest(rest, subset)))
+        digest = checksum(data)
+        self.pending.append((subset, sid, data, digest, self._rest(rest, subset)))
         self.text_bytes.append(len(data))
         self.subsets.append(sid)
-        self.checksums.append(checksum(data))
+        self.checksums.append(digest)
         self.pending_bytes += len(data)
         if len(self.pending) >= BATCH_ROWS or self.pending_bytes >= BATCH_BYTES:
             self.flush()
@@ -86,19 +110,35 @@ class _PartitionWriter:
         return text if found is None else found
 
     def flush(self) -> None:
-        """Compress the batch (grouped by dictionary, see Compressor.compress_batch) and write it in order."""
-        if not self.pending:
-            return
-        first = len(self.checksums) - len(self.pending)
-        compressed = self.compressor.compress_batch([(subset, data) for subset, data, _ in self.pending])
+        if self.pending:
+            first = len(self.checksums) - len(self.pending)
+            self._submit(self._write, first, self.pending)
+            self.pending = []
+            self.pending_bytes = 0
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        while len(self.in_flight) >= MAX_IN_FLIGHT:
+            self.in_flight.popleft().result()  # re-raises what failed in the writer thread
+        self.in_flight.append(self.executor.submit(fn, *args))
+
+    def _write(self, first: int, batch: list[tuple[str, int, bytes, int, str | int | None]]) -> None:
+        """Compress (grouped by dictionary, see Compressor.compress_batch) and insert, in source order."""
+        assert self.compressor is not None  # train() was submitted first  # noqa: S101
+        compressed = self.compressor.compress_batch([(subset, data) for subset, _, data, _, _ in batch])
         rows = []
-        for i, ((subset, data, rest), (codec, stored)) in enumerate(zip(self.pending, compressed, strict=True)):
-            row = first + i
-            rows.append((row, self.subsets[row], codec, len(data), self.checksums[row], rest, stored))
+        for i, ((subset, sid, data, digest, rest), (codec, stored)) in enumerate(zip(batch, compressed, strict=True)):
+            rows.append((first + i, sid, codec, len(data), digest, rest, stored))
             self.stored[subset] += len(stored)
         partition.write_documents(self.conn, rows)
-        self.pending.clear()
-        self.pending_bytes = 0
+
+    def finish(self) -> None:
+        """Write what is queued and wait for the writer thread."""
+        self.flush()
+        while self.in_flight:
+            self.in_flight.popleft().result()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
     def columns(self) -> dict[str, np.ndarray]:
         n = len(self.checksums)
@@ -118,8 +158,10 @@ def _dictionary_rows(dicts: dict[str | None, bytes | None]) -> tuple[list[tuple[
 
 
 def build_partition(source: Path, out_dir: Path, settings: CompressionSettings, *, strict: bool = False,
-                    on_progress: ProgressCallback = lambda b, d: None) -> dict[str, Any]:
+                    threads: int = 1, on_progress: ProgressCallback = lambda b, d: None) -> dict[str, Any]:
     """Ingest `source` into out_dir/{partition.sqlite,index.arrow,result.json}; returns the result dict.
+
+    `threads` zstd threads compress each batch (the result does not depend on it).
 
     Raises SourceError for an unreadable source, and for the first bad line when `strict`.
     """
@@ -155,30 +197,31 @@ def build_partition(source: Path, out_dir: Path, settings: CompressionSettings, 
     samples: dict[str, list[bytes]] = {}
     for subset, data, _ in buffered:
         samples.setdefault(subset, []).append(data)
-    dicts = train_dictionaries(samples, settings)
-    del samples
-    dict_rows, codec_of_subset = _dictionary_rows(dicts)
-    compressor = Compressor(codec_of_subset, {row[0]: row[2] for row in dict_rows}, settings.level)
 
     part_path = out_dir / PARTITION_FILE
-    writer = _PartitionWriter(part_path, compressor)
-    partition.write_dictionaries(writer.conn, dict_rows)
+    writer = _PartitionWriter(part_path, settings, threads)
+    try:
+        writer.train(samples)
+        del samples
 
-    def add(subset: str, data: bytes, rest: dict[str, Any]) -> None:
-        nonlocal pending_docs
-        writer.add(subset, data, rest)
-        stats.docs[subset] += 1
-        stats.text[subset] += len(data)
-        pending_docs += 1
+        def add(subset: str, data: bytes, rest: dict[str, Any]) -> None:
+            nonlocal pending_docs
+            writer.add(subset, data, rest)
+            stats.docs[subset] += 1
+            stats.text[subset] += len(data)
+            pending_docs += 1
 
-    for subset, data, record in buffered:
-        add(subset, data, record.rest)
-    buffered.clear()
-    for record in records:
-        data = encode_text(record.text)
-        add(subset_of(record.rest), data, record.rest)
-    writer.flush()
+        for subset, data, record in buffered:
+            add(subset, data, record.rest)
+        buffered.clear()
+        for record in records:
+            data = encode_text(record.text)
+            add(subset_of(record.rest), data, record.rest)
+        writer.finish()
+    finally:
+        writer.close()
     stats.stored = writer.stored
+    dict_rows = writer.dict_rows
     on_progress(0, pending_docs)
 
     subsets = list(writer.subset_ids)

@@ -123,13 +123,14 @@ def _init_worker(progress_queue: Any, stop: Any) -> None:
     _worker_queue, _worker_stop = progress_queue, stop
 
 
-def _build_in_worker(source: Path, folder: Path, settings: CompressionSettings, strict: bool) -> dict[str, Any]:
+def _build_in_worker(source: Path, folder: Path, settings: CompressionSettings, strict: bool,
+                     threads: int) -> dict[str, Any]:
     def report(nbytes: int, ndocs: int) -> None:
         if _worker_stop.is_set():
             raise Cancelled(f"{source}: stopped because another source failed")
         _worker_queue.put((nbytes, ndocs))
 
-    return build_partition(source, folder, settings, strict=strict, on_progress=report)
+    return build_partition(source, folder, settings, strict=strict, threads=threads, on_progress=report)
 
 
 def _build_all(jobs: list[tuple[Path, Path]], settings: CompressionSettings, strict: bool, workers: int,
@@ -137,14 +138,16 @@ def _build_all(jobs: list[tuple[Path, Path]], settings: CompressionSettings, str
     """Build every (source, folder) job, in parallel processes when workers > 1; results in job order."""
     for _, folder in jobs:
         folder.mkdir(parents=True)
-    if workers <= 1 or len(jobs) <= 1:
-        return [build_partition(src, folder, settings, strict=strict, on_progress=on_progress)
+    processes = max(1, min(workers, len(jobs)))
+    threads = max(1, (os.cpu_count() or 1) // processes)  # zstd threads per process: use every core
+    if processes == 1:
+        return [build_partition(src, folder, settings, strict=strict, threads=threads, on_progress=on_progress)
                 for src, folder in jobs]
     ctx = multiprocessing.get_context("spawn")  # no fork of a parent that runs a progress thread
     progress_queue, stop = ctx.Queue(), ctx.Event()
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker,
                              initargs=(progress_queue, stop)) as pool:
-        futures = [pool.submit(_build_in_worker, src, folder, settings, strict) for src, folder in jobs]
+        futures = [pool.submit(_build_in_worker, src, folder, settings, strict, threads) for src, folder in jobs]
         try:
             pending: set[Future[dict[str, Any]]] = set(futures)
             while pending:

@@ -23,6 +23,7 @@ import zstandard
 
 from .document import may_hold_big_int
 from .errors import LineError, SourceError
+from .prefetch import prefetch
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 READ_SIZE = 1 << 20  # compressed bytes per read: progress granularity and memory per chunk
@@ -78,11 +79,12 @@ def detect_format(path: Path) -> Format:
     )
 
 
-def _raw_chunks(fh: Any, path: Path, on_bytes: ByteCallback, digest: Any) -> Iterator[bytes]:
+def _raw_chunks(fh: Any, digest: Any, counter: list[int]) -> Iterator[bytes]:
+    """The file's bytes in chunks; counter[0] is the number of bytes read so far."""
     while chunk := fh.read(READ_SIZE):
         digest.update(chunk)
+        counter[0] += len(chunk)
         yield chunk
-        on_bytes(len(chunk))
 
 
 def _zstd_chunks(raw: Iterator[bytes], path: Path) -> Iterator[bytes]:
@@ -218,15 +220,29 @@ class SourceReader:
         self.bytes_read += n
         self._on_bytes(n)
 
+    def _decoded(self, fh: Any) -> Iterator[tuple[bytes, int]]:
+        """(decompressed chunk, compressed bytes read so far); runs in the prefetch thread."""
+        counter = [0]
+        raw = _raw_chunks(fh, self._digest, counter)
+        for chunk in _zstd_chunks(raw, self.path) if self.format == "zstd" else raw:
+            yield chunk, counter[0]
+
     def lines(self) -> Iterator[tuple[int, bytes]]:
-        """Every line of the file, decompressed."""
+        """Every line of the file, decompressed a few MB ahead by a background thread."""
         try:
             with open(self.path, "rb") as fh:
-                raw = _raw_chunks(fh, self.path, self._count, self._digest)
-                chunks = _zstd_chunks(raw, self.path) if self.format == "zstd" else raw
-                yield from iter_lines(chunks, self.path)
+                decoded = prefetch(self._decoded(fh))
+                try:
+                    yield from iter_lines(self._counted(decoded), self.path)
+                finally:
+                    decoded.close()  # stops the thread before the file closes
         except OSError as err:
             raise SourceError(f"{self.path}: read failed after {self.bytes_read:,} bytes: {err.strerror}") from err
+
+    def _counted(self, decoded: Iterator[tuple[bytes, int]]) -> Iterator[bytes]:
+        for chunk, read in decoded:
+            self._count(read - self.bytes_read)  # progress callbacks run in the consumer's thread
+            yield chunk
 
     def records(self, on_bad_line: Callable[[int, LineError], None]) -> Iterator[Record]:
         """Good lines as Records; each bad line goes to on_bad_line (which may raise to stop)."""

@@ -160,22 +160,22 @@ class Decompressor:
             dict_data = zstandard.ZstdCompressionDict(data) if data is not None else None
             self._dctx[codec] = zstandard.ZstdDecompressor(dict_data=dict_data)
 
-    def decompress(self, codec: int, stored: bytes, size: int, where: str) -> bytes:
-        """The document's UTF-8 bytes; CorruptDocumentError (naming `where`) if they cannot be recovered."""
+    def decompress(self, codec: int, stored: bytes, size: int) -> bytes:
+        """The document's UTF-8 bytes; CorruptDocumentError (the caller adds where) if they cannot be recovered."""
         if codec == RAW:
             if len(stored) != size:
-                raise CorruptDocumentError(f"{where}: stored {len(stored)} raw bytes, expected {size}")
+                raise CorruptDocumentError(f"stored {len(stored)} raw bytes, expected {size}")
             return stored
         dctx = self._dctx.get(codec)
         if dctx is None:
-            raise CorruptDocumentError(f"{where}: unknown codec {codec}")
+            raise CorruptDocumentError(f"unknown codec {codec}")
         try:
-            declared = zstandard.frame_content_size(stored)
+            declared = zstandard.frame_content_size(stored)  # checked first: a damaged header must not allocate GBs
             if declared != size:
-                raise CorruptDocumentError(f"{where}: zstd frame declares {declared} bytes, expected {size}")
-            data = dctx.decompress(stored, max_output_size=size)
+                raise CorruptDocumentError(f"zstd frame declares {declared} bytes, expected {size}")
+            data = dctx.decompress(stored)
         except zstandard.ZstdError as err:
-            raise CorruptDocumentError(f"{where}: zstd frame does not decompress: {err}") from err
+            raise CorruptDocumentError(f"zstd frame does not decompress: {err}") from err
         if len(data) != size:
-            raise CorruptDocumentError(f"{where}: decompressed to {len(data)} bytes, expected {size}")
+            raise CorruptDocumentError(f"decompressed to {len(data)} bytes, expected {size}")
         return data

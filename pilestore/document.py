@@ -19,7 +19,7 @@ NO_SUBSET = "(none)"
 """Subset of documents whose meta has no string `pile_set_name`."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs 0.5 us of a ~7 us random read
 class Document:
     """A document read from a store: its global index, text, meta (None if the line had none) and subset."""
 

@@ -50,13 +50,13 @@ class _Partition:
         self.subsets = subsets
         self.rests: dict[int, str] = {}
 
-    def rest(self, rest_id: int, where: str) -> str:
+    def rest(self, rest_id: int) -> str:
         """An interned rest JSON (cached: few distinct values repeat across many documents)."""
         found = self.rests.get(rest_id)
         if found is None:
             found = partition.read_rest(self.conn, rest_id)
             if found is None:
-                raise CorruptDocumentError(f"{where}: refers to missing meta #{rest_id}")
+                raise CorruptDocumentError(f"refers to missing meta #{rest_id}")
             self.rests[rest_id] = found
         return found
 
@@ -131,28 +131,33 @@ class Store:
 
     def __getitem__(self, idx: int) -> Document:
         p, row = self.locate(idx)
-        part = self._partition(p)
+        part = self._open.get(p) if self._pid == os.getpid() else None
+        if part is None:
+            part = self._partition(p)
         found = partition.read_row(part.conn, row)
-        gidx = self._starts[p] + row
         if found is None:
             raise CorruptDocumentError(f"{self._where(p, row)}: row missing from the partition")
-        return self._document(gidx, p, row, part, *found)
+        try:
+            return self._document(self._starts[p] + row, part, *found)
+        except CorruptDocumentError as err:
+            raise CorruptDocumentError(f"{self._where(p, row)}: {err}; run `pilestore verify`") from err
 
     def _where(self, p: int, row: int) -> str:
+        """Where a document lives, for error messages (built only when something is wrong)."""
         return f"{self.path / self.manifest['partitions'][p]['file']}: document {self._starts[p] + row} (row {row})"
 
-    def _document(self, gidx: int, p: int, row: int, part: _Partition, subset_id: int, codec: int, size: int,
-                  digest: int, rest: str | int | None, stored: bytes) -> Document:
-        where = self._where(p, row)
-        data = part.decompressor.decompress(codec, stored, size, where)
+    @staticmethod
+    def _document(gidx: int, part: _Partition, subset_id: int, codec: int, size: int, digest: int,
+                  rest: str | int | None, stored: bytes) -> Document:
+        data = part.decompressor.decompress(codec, stored, size)
         if checksum(data) != digest:
-            raise CorruptDocumentError(f"{where}: text does not match its checksum; run `pilestore verify`")
+            raise CorruptDocumentError("text does not match its checksum")
         if not 0 <= subset_id < len(part.subsets):
-            raise CorruptDocumentError(f"{where}: subset id {subset_id} out of range")
+            raise CorruptDocumentError(f"subset id {subset_id} out of range")
         subset = part.subsets[subset_id]
         if rest is None:
             return Document(gidx, decode_text(data), {"pile_set_name": subset}, subset)
-        record = load_json(part.rest(rest, where) if isinstance(rest, int) else rest)
+        record = load_json(part.rest(rest) if type(rest) is int else rest)
         meta = record.pop("meta", None)
         return Document(gidx, decode_text(data), meta, subset, record or None)
 
@@ -163,7 +168,10 @@ class Store:
         for row, *fields in partition.iter_rows(part.conn, start):
             if row != expected:
                 raise CorruptDocumentError(f"{self._where(p, expected)}: row missing from the partition")
-            yield self._document(self._starts[p] + row, p, row, part, *fields)
+            try:
+                yield self._document(self._starts[p] + row, part, *fields)
+            except CorruptDocumentError as err:
+                raise CorruptDocumentError(f"{self._where(p, row)}: {err}; run `pilestore verify`") from err
             expected += 1
         if expected != self.manifest["partitions"][p]["documents"]:
             raise CorruptDocumentError(f"{self._where(p, expected)}: partition ends early")

@@ -67,11 +67,11 @@ def _check_rows(store: Store, p: int, report: VerifyReport, on_document: Callabl
                 problem = "index entry differs from the partition row"
             else:
                 try:
-                    data = part.decompressor.decompress(codec, stored, size, where)
+                    data = part.decompressor.decompress(codec, stored, size)
                     if checksum(data) != digest:
                         problem = "text does not match its checksum"
                 except StoreFormatError as err:
-                    problem = str(err).removeprefix(where + ": ")
+                    problem = str(err)
             if problem:
                 report.problems.append(f"{where}: {problem}")
                 report.corrupt_documents.append(gidx)

@@ -1,8 +1,8 @@
 """pilestore: Pile-format corpora as a compressed, random-access store that trainers read directly.
 
-    import pilestore
-    store = pilestore.open("pile.store")
-    store[12345].text
+import pilestore
+store = pilestore.open("pile.store")
+store[12345].text
 """
 
 __version__ = "0.1.0"

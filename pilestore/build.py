@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 import time
 from array import array
-from collections import Counter
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ RESULT_FILE = "result.json"
 BATCH_ROWS = 4096
 BATCH_BYTES = 32 * 1024 * 1024
 MAX_EXAMPLES = 5  # bad lines quoted per source; all are counted
+BUFFER_BYTES_PER_DOC = 512  # what a buffered Record costs beyond its text: 1-byte documents must not buffer 64M
 MAX_IN_FLIGHT = 4  # batches queued for the writer thread (each <= BATCH_BYTES of text): bounds memory
 MAX_INTERNED_RESTS = 65536  # distinct non-plain `rest` values interned per partition; further ones stored inline
 
@@ -82,8 +82,9 @@ class _PartitionWriter:
 
     def _train(self, samples: dict[str, list[bytes]]) -> None:
         dict_rows, codec_of_subset = _dictionary_rows(train_dictionaries(samples, self.settings, self.threads))
-        self.compressor = Compressor(codec_of_subset, {row[0]: row[2] for row in dict_rows}, self.settings.level,
-                                     self.threads)
+        self.compressor = Compressor(
+            codec_of_subset, {row[0]: row[2] for row in dict_rows}, self.settings.level, self.threads
+        )
         self.dict_rows = dict_rows
         partition.write_dictionaries(self.conn, dict_rows)
 
@@ -142,12 +143,17 @@ class _PartitionWriter:
 
     def columns(self) -> dict[str, np.ndarray]:
         n = len(self.checksums)
-        return {"row_id": np.arange(n, dtype=np.int64), "text_bytes": np.frombuffer(self.text_bytes, np.int64),
-                "subset": np.frombuffer(self.subsets, np.int32), "checksum": np.frombuffer(self.checksums, np.int64)}
+        return {
+            "row_id": np.arange(n, dtype=np.int64),
+            "text_bytes": np.frombuffer(self.text_bytes, np.int64),
+            "subset": np.frombuffer(self.subsets, np.int32),
+            "checksum": np.frombuffer(self.checksums, np.int64),
+        }
 
 
-def _dictionary_rows(dicts: dict[str | None, bytes | None]) -> tuple[list[tuple[int, str | None, bytes | None]],
-                                                                    dict[str | None, int]]:
+def _dictionary_rows(
+    dicts: dict[str | None, bytes | None],
+) -> tuple[list[tuple[int, str | None, bytes | None]], dict[str | None, int]]:
     """Rows of the dictionaries table (shared first, id 1) and the codec id of each subset."""
     rows: list[tuple[int, str | None, bytes | None]] = [(1, None, dicts[None])]
     codec_of_subset: dict[str | None, int] = {None: 1}
@@ -157,8 +163,29 @@ def _dictionary_rows(dicts: dict[str | None, bytes | None]) -> tuple[list[tuple[
     return rows, codec_of_subset
 
 
-def build_partition(source: Path, out_dir: Path, settings: CompressionSettings, *, strict: bool = False,
-                    threads: int = 1, on_progress: ProgressCallback = lambda b, d: None) -> dict[str, Any]:
+def take_sample(records: Iterator[Record], budget: int) -> list[tuple[str, bytes, Record]]:
+    """(subset, UTF-8 text, record) from the start of `records` until they take about `budget` bytes of memory:
+    their text plus BUFFER_BYTES_PER_DOC each, so a source of tiny documents cannot fill memory."""
+    buffered: list[tuple[str, bytes, Record]] = []
+    used = 0
+    for record in records:
+        data = encode_text(record.text)
+        buffered.append((subset_of(record.rest), data, record))
+        used += len(data) + BUFFER_BYTES_PER_DOC
+        if used >= budget:
+            break
+    return buffered
+
+
+def build_partition(
+    source: Path,
+    out_dir: Path,
+    settings: CompressionSettings,
+    *,
+    strict: bool = False,
+    threads: int = 1,
+    on_progress: ProgressCallback = lambda b, d: None,
+) -> dict[str, Any]:
     """Ingest `source` into out_dir/{partition.sqlite,index.arrow,result.json}; returns the result dict.
 
     `threads` zstd threads compress each batch (the result does not depend on it).
@@ -177,22 +204,17 @@ def build_partition(source: Path, out_dir: Path, settings: CompressionSettings, 
     def bad_line(line_no: int, err: LineError) -> None:
         where = f"{source}:{line_no}: {err.detail}"
         if strict:
-            raise SourceError(f"{where} (--strict stops at the first bad line; without it such lines are "
-                              "counted and skipped)")
+            raise SourceError(
+                f"{where} (--strict stops at the first bad line; without it such lines are counted and skipped)"
+            )
         stats.skipped[err.reason] += 1
         if len(stats.examples) < MAX_EXAMPLES:
             stats.examples.append(where)
 
     reader = SourceReader(source, on_bytes=count_bytes)
     records = reader.records(bad_line)
-    buffered: list[tuple[str, bytes, Record]] = []
-    buffered_bytes = 0
-    for record in records:
-        data = encode_text(record.text)
-        buffered.append((subset_of(record.rest), data, record))
-        buffered_bytes += len(data)
-        if buffered_bytes >= settings.sample_bytes:
-            break
+    buffered = take_sample(records, settings.sample_bytes)
+    pending_docs += len(buffered)
 
     samples: dict[str, list[bytes]] = {}
     for subset, data, _ in buffered:
@@ -205,18 +227,16 @@ def build_partition(source: Path, out_dir: Path, settings: CompressionSettings, 
         del samples
 
         def add(subset: str, data: bytes, rest: dict[str, Any]) -> None:
-            nonlocal pending_docs
             writer.add(subset, data, rest)
             stats.docs[subset] += 1
             stats.text[subset] += len(data)
-            pending_docs += 1
 
         for subset, data, record in buffered:
             add(subset, data, record.rest)
         buffered.clear()
         for record in records:
-            data = encode_text(record.text)
-            add(subset_of(record.rest), data, record.rest)
+            pending_docs += 1
+            add(subset_of(record.rest), encode_text(record.text), record.rest)
         writer.finish()
     finally:
         writer.close()
@@ -227,9 +247,15 @@ def build_partition(source: Path, out_dir: Path, settings: CompressionSettings, 
     subsets = list(writer.subset_ids)
     partition.write_rests(writer.conn, [(i, text) for text, i in writer.rest_ids.items()])
     partition.write_subsets(writer.conn, subsets)
-    partition.write_properties(writer.conn, {
-        "format_version": str(partition.SCHEMA_VERSION), "source_name": source.name,
-        "source_sha256": reader.sha256, "compression": json.dumps(settings.as_dict())})
+    partition.write_properties(
+        writer.conn,
+        {
+            "format_version": str(partition.SCHEMA_VERSION),
+            "source_name": source.name,
+            "source_sha256": reader.sha256,
+            "compression": json.dumps(settings.as_dict()),
+        },
+    )
     partition.finish(writer.conn, part_path)
     index_path = out_dir / INDEX_FILE
     write_index(index_path, writer.columns())
@@ -242,14 +268,18 @@ def build_partition(source: Path, out_dir: Path, settings: CompressionSettings, 
         "stored_bytes": sum(stats.stored.values()),
         "dictionary_bytes": dictionary_bytes,
         "subsets": subsets,
-        "subset_stats": {name: {"documents": stats.docs[name], "text_bytes": stats.text[name],
-                                "stored_bytes": stats.stored[name]} for name in subsets},
+        "subset_stats": {
+            name: {"documents": stats.docs[name], "text_bytes": stats.text[name], "stored_bytes": stats.stored[name]}
+            for name in subsets
+        },
         "dictionaries": {row[1] or "(shared)": len(row[2]) if row[2] else 0 for row in dict_rows},
         "skipped": dict(stats.skipped),
         "skipped_examples": stats.examples,
         "compression": settings.as_dict(),
-        "files": {"partition": {"size": part_path.stat().st_size, "sha256": file_sha256(part_path)},
-                  "index": {"size": index_path.stat().st_size, "sha256": file_sha256(index_path)}},
+        "files": {
+            "partition": {"size": part_path.stat().st_size, "sha256": file_sha256(part_path)},
+            "index": {"size": index_path.stat().st_size, "sha256": file_sha256(index_path)},
+        },
         "seconds": round(time.perf_counter() - started, 3),
         "created": now(),
     }

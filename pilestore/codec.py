@@ -35,7 +35,8 @@ class CompressionSettings:
     dict_size: int = 112 * 1024
     """Bytes per trained dictionary (zstd's default); 0 disables dictionaries."""
     sample_bytes: int = 64 * 1024 * 1024
-    """Text buffered from the start of a source to train its dictionaries."""
+    """Memory for the documents buffered from the start of a source to train its dictionaries (text plus
+    512 bytes per document, so a source of tiny documents buffers at most 131,072 of them)."""
     min_subset_bytes: int = 1024 * 1024
     """A subset gets its own dictionary with at least this much sample text..."""
     min_subset_docs: int = 20
@@ -49,13 +50,21 @@ class CompressionSettings:
         if self.sample_bytes < 0:
             raise ValueError(f"sample_bytes must be >= 0, got {self.sample_bytes}")
         if self.min_subset_bytes < 0 or self.min_subset_docs < 1:
-            raise ValueError(f"min_subset_bytes must be >= 0 and min_subset_docs >= 1, got "
-                             f"{self.min_subset_bytes} and {self.min_subset_docs}")
+            raise ValueError(
+                f"min_subset_bytes must be >= 0 and min_subset_docs >= 1, got "
+                f"{self.min_subset_bytes} and {self.min_subset_docs}"
+            )
 
     def as_dict(self) -> dict[str, int | str]:
-        return {"codec": "zstd", "zstd_library": ".".join(map(str, zstandard.ZSTD_VERSION)),
-                "level": self.level, "dict_size": self.dict_size, "sample_bytes": self.sample_bytes,
-                "min_subset_bytes": self.min_subset_bytes, "min_subset_docs": self.min_subset_docs}
+        return {
+            "codec": "zstd",
+            "zstd_library": ".".join(map(str, zstandard.ZSTD_VERSION)),
+            "level": self.level,
+            "dict_size": self.dict_size,
+            "sample_bytes": self.sample_bytes,
+            "min_subset_bytes": self.min_subset_bytes,
+            "min_subset_docs": self.min_subset_docs,
+        }
 
 
 def _train(samples: list[bytes], settings: CompressionSettings) -> bytes | None:
@@ -81,8 +90,9 @@ def _train(samples: list[bytes], settings: CompressionSettings) -> bytes | None:
     return trained.as_bytes()
 
 
-def train_dictionaries(samples_by_subset: Mapping[str, list[bytes]], settings: CompressionSettings,
-                       threads: int = 1) -> dict[str | None, bytes | None]:
+def train_dictionaries(
+    samples_by_subset: Mapping[str, list[bytes]], settings: CompressionSettings, threads: int = 1
+) -> dict[str | None, bytes | None]:
     """{subset: dictionary} for subsets with enough sample data, plus {None: shared dictionary}.
 
     Dictionaries train concurrently on `threads` threads (zstd releases the GIL while training).
@@ -103,8 +113,13 @@ def train_dictionaries(samples_by_subset: Mapping[str, list[bytes]], settings: C
 class Compressor:
     """Compresses each document with its subset's dictionary (or the shared one); keeps raw what does not shrink."""
 
-    def __init__(self, codec_of_subset: Mapping[str | None, int], dictionaries: Mapping[int, bytes | None],
-                 level: int, threads: int = 1) -> None:
+    def __init__(
+        self,
+        codec_of_subset: Mapping[str | None, int],
+        dictionaries: Mapping[int, bytes | None],
+        level: int,
+        threads: int = 1,
+    ) -> None:
         self.threads = threads  # zstd threads per batch call (multi_compress_to_buffer)
         self._codec_of_subset = dict(codec_of_subset)
         self._shared = self._codec_of_subset[None]
@@ -116,7 +131,8 @@ class Compressor:
         # parameters per input size instead, zstd reloads the dictionary for every frame and small
         # documents compress at 30-50 MB/s instead of ~110 (benchmarks/bench_ingest.py shows both).
         params = zstandard.ZstdCompressionParameters.from_level(
-            level, write_content_size=True, write_checksum=False, write_dict_id=False)
+            level, write_content_size=True, write_checksum=False, write_dict_id=False
+        )
         if data is None:
             return zstandard.ZstdCompressor(compression_params=params)
         dictionary = zstandard.ZstdCompressionDict(data)
@@ -130,7 +146,6 @@ class Compressor:
         if len(frame) >= len(data):
             return RAW, data
         return codec, frame
-
 
     def compress_batch(self, docs: list[tuple[str, bytes]]) -> list[tuple[int, bytes]]:
         """compress() of each (subset, data), as one zstd call per dictionary.

@@ -64,8 +64,10 @@ def open_index(path: Path, expected_rows: int) -> PartitionIndex:
         source = pa.memory_map(str(path), "r")
         reader = pa.ipc.open_file(source)
         if reader.num_record_batches != 1 or not reader.schema.equals(SCHEMA, check_metadata=False):
-            raise StoreFormatError(f"{path}: not a pilestore index (schema {reader.schema}, "
-                                   f"{reader.num_record_batches} batches); run `pilestore verify`")
+            raise StoreFormatError(
+                f"{path}: not a pilestore index (schema {reader.schema}, "
+                f"{reader.num_record_batches} batches); run `pilestore verify`"
+            )
         batch = reader.get_batch(0)
         columns = {f.name: batch.column(f.name).to_numpy(zero_copy_only=True) for f in SCHEMA}
     except (pa.ArrowException, OSError) as err:

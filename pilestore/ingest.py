@@ -29,8 +29,17 @@ from . import __version__
 from .build import INDEX_FILE, PARTITION_FILE, RESULT_FILE, build_partition
 from .codec import CompressionSettings
 from .errors import PilestoreError, SourceError
-from .manifest import (INDEX_DIR, MANIFEST, PARTITIONS_DIR, STAGING_DIR, empty_manifest, now, read_manifest,
-                       write_manifest, writer_lock)
+from .manifest import (
+    INDEX_DIR,
+    MANIFEST,
+    PARTITIONS_DIR,
+    STAGING_DIR,
+    empty_manifest,
+    now,
+    read_manifest,
+    write_manifest,
+    writer_lock,
+)
 from .shards import detect_format, file_sha256
 
 log = logging.getLogger(__name__)
@@ -66,13 +75,23 @@ class IngestReport:
             "store": str(self.store),
             "sources": [p["source"]["name"] for p in self.partitions],
             "already_in_store": self.already_in_store,
-            "documents": docs, "text_bytes": text, "stored_bytes": stored, "source_bytes": read,
+            "documents": docs,
+            "text_bytes": text,
+            "stored_bytes": stored,
+            "source_bytes": read,
             "ratio": round(text / stored, 3) if stored else None,
             "seconds": round(self.seconds, 3),
             "text_mb_per_s": round(text / 1e6 / self.seconds, 2) if self.seconds else None,
             "source_mb_per_s": round(read / 1e6 / self.seconds, 2) if self.seconds else None,
-            "subsets": {name: {**values, "ratio": round(values["text_bytes"] / values["stored_bytes"], 3)
-                               if values["stored_bytes"] else None} for name, values in sorted(per_subset.items())},
+            "subsets": {
+                name: {
+                    **values,
+                    "ratio": round(values["text_bytes"] / values["stored_bytes"], 3)
+                    if values["stored_bytes"]
+                    else None,
+                }
+                for name, values in sorted(per_subset.items())
+            },
             "skipped": dict(skipped),
             "skipped_examples": [e for p in self.partitions for e in p["skipped_examples"]],
         }
@@ -123,8 +142,9 @@ def _init_worker(progress_queue: Any, stop: Any) -> None:
     _worker_queue, _worker_stop = progress_queue, stop
 
 
-def _build_in_worker(source: Path, folder: Path, settings: CompressionSettings, strict: bool,
-                     threads: int) -> dict[str, Any]:
+def _build_in_worker(
+    source: Path, folder: Path, settings: CompressionSettings, strict: bool, threads: int
+) -> dict[str, Any]:
     def report(nbytes: int, ndocs: int) -> None:
         if _worker_stop.is_set():
             raise Cancelled(f"{source}: stopped because another source failed")
@@ -133,20 +153,30 @@ def _build_in_worker(source: Path, folder: Path, settings: CompressionSettings, 
     return build_partition(source, folder, settings, strict=strict, threads=threads, on_progress=report)
 
 
-def _build_all(jobs: list[tuple[Path, Path]], settings: CompressionSettings, strict: bool, workers: int,
-               on_progress: ProgressCallback) -> list[dict[str, Any]]:
+def _build_all(
+    jobs: list[tuple[Path, Path]],
+    settings: CompressionSettings,
+    strict: bool,
+    workers: int,
+    threads: int | None,
+    on_progress: ProgressCallback,
+) -> list[dict[str, Any]]:
     """Build every (source, folder) job, in parallel processes when workers > 1; results in job order."""
     for _, folder in jobs:
         folder.mkdir(parents=True)
     processes = max(1, min(workers, len(jobs)))
-    threads = max(1, (os.cpu_count() or 1) // processes)  # zstd threads per process: use every core
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // processes)  # zstd threads per process: use every core
     if processes == 1:
-        return [build_partition(src, folder, settings, strict=strict, threads=threads, on_progress=on_progress)
-                for src, folder in jobs]
+        return [
+            build_partition(src, folder, settings, strict=strict, threads=threads, on_progress=on_progress)
+            for src, folder in jobs
+        ]
     ctx = multiprocessing.get_context("spawn")  # no fork of a parent that runs a progress thread
     progress_queue, stop = ctx.Queue(), ctx.Event()
-    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker,
-                             initargs=(progress_queue, stop)) as pool:
+    with ProcessPoolExecutor(
+        processes, mp_context=ctx, initializer=_init_worker, initargs=(progress_queue, stop)
+    ) as pool:
         futures = [pool.submit(_build_in_worker, src, folder, settings, strict, threads) for src, folder in jobs]
         try:
             pending: set[Future[dict[str, Any]]] = set(futures)
@@ -187,8 +217,13 @@ def _commit(store: Path, results: list[tuple[Path, dict[str, Any]]]) -> list[dic
     added = []
     for folder, result in results:
         pid = len(manifest["partitions"])
-        entry = {"id": pid, "file": f"{PARTITIONS_DIR}/{pid:05d}.sqlite", "index": f"{INDEX_DIR}/{pid:05d}.arrow",
-                 **result, "pilestore_version": __version__}
+        entry = {
+            "id": pid,
+            "file": f"{PARTITIONS_DIR}/{pid:05d}.sqlite",
+            "index": f"{INDEX_DIR}/{pid:05d}.arrow",
+            **result,
+            "pilestore_version": __version__,
+        }
         os.replace(folder / PARTITION_FILE, store / entry["file"])
         os.replace(folder / INDEX_FILE, store / entry["index"])
         for name in result["subsets"]:
@@ -205,13 +240,27 @@ def _commit(store: Path, results: list[tuple[Path, dict[str, Any]]]) -> list[dic
     return added
 
 
-def ingest(sources: Sequence[Path], store: Path, *, settings: CompressionSettings | None = None,
-           workers: int = 1, strict: bool = False, on_progress: ProgressCallback = lambda b, d: None,
-           on_start: Callable[[int], None] = lambda total: None) -> IngestReport:
-    """Add every source to `store` (created if needed) as one atomic step. See the module docstring."""
+def ingest(
+    sources: Sequence[Path],
+    store: Path,
+    *,
+    settings: CompressionSettings | None = None,
+    workers: int = 1,
+    threads: int | None = None,
+    strict: bool = False,
+    on_progress: ProgressCallback = lambda b, d: None,
+    on_start: Callable[[int], None] = lambda total: None,
+) -> IngestReport:
+    """Add every source to `store` (created if needed) as one atomic step. See the module docstring.
+
+    `workers` processes build sources in parallel; each compresses with `threads` zstd threads
+    (default: the machine's cores divided among the workers).
+    """
     settings = settings or CompressionSettings()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     started = time.perf_counter()
     unique = list(dict.fromkeys(Path(s).resolve() for s in sources))
     for source in unique:
@@ -234,8 +283,13 @@ def ingest(sources: Sequence[Path], store: Path, *, settings: CompressionSetting
         finished = {folder: _finished_result(folder) for _, folder in todo}
         jobs = [(src, folder) for src, folder in todo if finished[folder] is None]
         on_start(sum(src.stat().st_size for src, _ in jobs))
-        built = dict(zip([folder for _, folder in jobs], _build_all(jobs, settings, strict, workers, on_progress),
-                         strict=True))
+        built = dict(
+            zip(
+                [folder for _, folder in jobs],
+                _build_all(jobs, settings, strict, workers, threads, on_progress),
+                strict=True,
+            )
+        )
         results = [(folder, finished[folder] or built[folder]) for _, folder in todo]
         if results:
             report.partitions = _commit(store, results)

@@ -40,8 +40,16 @@ def now() -> str:
 
 
 def empty_manifest(version: str) -> dict[str, Any]:
-    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "pilestore_version": version,
-            "created": now(), "updated": now(), "documents": 0, "subsets": [], "partitions": []}
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "pilestore_version": version,
+        "created": now(),
+        "updated": now(),
+        "documents": 0,
+        "subsets": [],
+        "partitions": [],
+    }
 
 
 def _fsync_dir(path: Path) -> None:
@@ -97,8 +105,10 @@ def _check(manifest: Any, path: Path) -> None:
         raise StoreFormatError(f"{path}: not a pilestore manifest")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise StoreFormatError(f"{path}: store format version {version!r}; this pilestore reads version "
-                               f"{FORMAT_VERSION}. Upgrade pilestore or re-ingest.")
+        raise StoreFormatError(
+            f"{path}: store format version {version!r}; this pilestore reads version "
+            f"{FORMAT_VERSION}. Upgrade pilestore or re-ingest."
+        )
     try:
         subsets = manifest["subsets"]
         total = 0
@@ -127,8 +137,9 @@ def writer_lock(store: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise StoreLockedError(f"{store}: another pilestore command is writing to this store; "
-                                       "wait for it to finish, then re-run") from None
+                raise StoreLockedError(
+                    f"{store}: another pilestore command is writing to this store; wait for it to finish, then re-run"
+                ) from None
             raise
         yield
     finally:

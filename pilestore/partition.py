@@ -104,8 +104,9 @@ def connect_reader(path: Path) -> apsw.Connection:
     except apsw.Error as err:
         raise StoreFormatError(f"{path}: not a readable pilestore partition ({err}); run `pilestore verify`") from err
     if app_id != APPLICATION_ID or version != SCHEMA_VERSION:
-        raise StoreFormatError(f"{path}: not a pilestore v{SCHEMA_VERSION} partition "
-                               f"(application_id {app_id:#x}, user_version {version})")
+        raise StoreFormatError(
+            f"{path}: not a pilestore v{SCHEMA_VERSION} partition (application_id {app_id:#x}, user_version {version})"
+        )
     return conn
 
 
@@ -168,14 +169,14 @@ def read_dictionaries(conn: apsw.Connection) -> list[tuple[int, bytes | None]]:
 
 def read_row(conn: apsw.Connection, row_id: int) -> Row | None:
     """(subset, codec, size, checksum, rest, data) of one document, or None if the row is missing."""
-    for row in conn.execute(
-        "SELECT subset, codec, size, checksum, rest, data FROM documents WHERE id = ?", (row_id,)
-    ):
+    for row in conn.execute("SELECT subset, codec, size, checksum, rest, data FROM documents WHERE id = ?", (row_id,)):
         return row
     return None
 
 
-def iter_rows(conn: apsw.Connection, start: int = 0) -> Iterator[tuple[int, int, int, int, int, str | int | None, bytes]]:
+def iter_rows(
+    conn: apsw.Connection, start: int = 0
+) -> Iterator[tuple[int, int, int, int, int, str | int | None, bytes]]:
     """(id, subset, codec, size, checksum, rest, data) of every document from `start`, in order."""
     yield from conn.execute(
         "SELECT id, subset, codec, size, checksum, rest, data FROM documents WHERE id >= ? ORDER BY id", (start,)

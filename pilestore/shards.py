@@ -68,8 +68,9 @@ def detect_format(path: Path) -> Format:
         return "zstd"
     for magic, (name, fix) in _OTHER_COMPRESSION.items():
         if head.startswith(magic):
-            raise SourceError(f"{path}: {name}-compressed, but pilestore reads zstd or plain JSON lines; "
-                              f"convert it with `{fix}`")
+            raise SourceError(
+                f"{path}: {name}-compressed, but pilestore reads zstd or plain JSON lines; convert it with `{fix}`"
+            )
     first = head.lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
     if not head or first.startswith(b"{"):
         return "jsonl"
@@ -141,8 +142,10 @@ def iter_lines(chunks: Iterator[bytes], path: Path) -> Iterator[tuple[int, bytes
             pending.append(last)
             pending_size += len(last)
             if pending_size > MAX_LINE_BYTES:
-                raise SourceError(f"{path}:{line_no + 1}: line longer than {MAX_LINE_BYTES:,} bytes without a "
-                                  "newline; this is not a JSON-lines file")
+                raise SourceError(
+                    f"{path}:{line_no + 1}: line longer than {MAX_LINE_BYTES:,} bytes without a "
+                    "newline; this is not a JSON-lines file"
+                )
     if pending:
         yield line_no + 1, b"".join(pending)
 
@@ -176,7 +179,8 @@ def _parse_slow(line: bytes) -> Any:
 
 def _json_type(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number")
+        type(value), "number"
+    )
 
 
 def parse_line(line: bytes) -> tuple[str, dict[str, Any]]:

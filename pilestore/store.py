@@ -147,8 +147,16 @@ class Store:
         return f"{self.path / self.manifest['partitions'][p]['file']}: document {self._starts[p] + row} (row {row})"
 
     @staticmethod
-    def _document(gidx: int, part: _Partition, subset_id: int, codec: int, size: int, digest: int,
-                  rest: str | int | None, stored: bytes) -> Document:
+    def _document(
+        gidx: int,
+        part: _Partition,
+        subset_id: int,
+        codec: int,
+        size: int,
+        digest: int,
+        rest: str | int | None,
+        stored: bytes,
+    ) -> Document:
         data = part.decompressor.decompress(codec, stored, size)
         if checksum(data) != digest:
             raise CorruptDocumentError("text does not match its checksum")
@@ -211,5 +219,3 @@ class Store:
 def open(path: str | os.PathLike[str]) -> Store:  # noqa: A001 - `pilestore.open` is the public name
     """Open a complete store read-only; IncompleteStoreError / StoreNotFoundError say what to do otherwise."""
     return Store(path)
-
-

@@ -26,8 +26,12 @@ class VerifyReport:
         return not self.problems
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "documents_checked": self.documents_checked,
-                "corrupt_documents": self.corrupt_documents, "problems": self.problems}
+        return {
+            "ok": self.ok,
+            "documents_checked": self.documents_checked,
+            "corrupt_documents": self.corrupt_documents,
+            "problems": self.problems,
+        }
 
 
 def _check_files(store: Store, p: int, report: VerifyReport) -> None:

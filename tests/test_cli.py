@@ -44,9 +44,11 @@ def test_sample_reads_the_store_from_the_environment(sample_store_dir: Path) -> 
 
 
 def test_sample_imports_neither_torch_nor_numba_nor_pyarrow(sample_store_dir: Path) -> None:
-    code = ("import sys; from pilestore.cli import main; sys.argv = ['pilestore', 'sample', '--idx', '7', '--store', "
-            f"{str(sample_store_dir)!r}, '--json']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print('\\nLOADED', sorted(m for m in ('torch', 'numba', 'pyarrow', 'numpy') if m in sys.modules))")
+    code = (
+        "import sys; from pilestore.cli import main; sys.argv = ['pilestore', 'sample', '--idx', '7', '--store', "
+        f"{str(sample_store_dir)!r}, '--json']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('\\nLOADED', sorted(m for m in ('torch', 'numba', 'pyarrow', 'numpy') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().endswith("LOADED []")
 

@@ -10,8 +10,9 @@ from pilestore.codec import RAW, CompressionSettings, Compressor, Decompressor, 
 from pilestore.errors import CorruptDocumentError
 
 
-@pytest.mark.parametrize("kwargs", [{"level": 0}, {"level": 23}, {"dict_size": 10}, {"sample_bytes": -1},
-                                    {"min_subset_docs": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"level": 0}, {"level": 23}, {"dict_size": 10}, {"sample_bytes": -1}, {"min_subset_docs": 0}]
+)
 def test_bad_settings_name_the_field(kwargs: dict) -> None:
     field = next(iter(kwargs))
     with pytest.raises(ValueError, match=field):
@@ -22,16 +23,19 @@ def _corpus(seed: int = 0) -> dict[str, list[bytes]]:
     rng = random.Random(seed)
     code = ["int", "return", "if", "(", ")", "{", "}", "static", "void", "char", "*", ";"]
     prose = ["the", "of", "and", "a", "to", "in", "was", "he", "that", "it", "his", "her"]
-    return {"Github": [" ".join(rng.choices(code, k=rng.randint(50, 400))).encode() for _ in range(300)],
-            "Pile-CC": [" ".join(rng.choices(prose, k=rng.randint(50, 400))).encode() for _ in range(300)],
-            "Tiny": [b"tiny subset" for _ in range(3)]}
+    return {
+        "Github": [" ".join(rng.choices(code, k=rng.randint(50, 400))).encode() for _ in range(300)],
+        "Pile-CC": [" ".join(rng.choices(prose, k=rng.randint(50, 400))).encode() for _ in range(300)],
+        "Tiny": [b"tiny subset" for _ in range(3)],
+    }
 
 
 def _codec(settings: CompressionSettings) -> tuple[Compressor, Decompressor]:
     dicts = train_dictionaries(_corpus(), settings)
     ids = {subset: i + 1 for i, subset in enumerate(dicts)}
     return Compressor(ids, {ids[s]: d for s, d in dicts.items()}, settings.level), Decompressor(
-        (ids[s], d) for s, d in dicts.items())
+        (ids[s], d) for s, d in dicts.items()
+    )
 
 
 def test_big_subsets_get_their_own_dictionary_small_ones_share() -> None:
@@ -75,7 +79,8 @@ def test_dictionaries_shrink_small_documents() -> None:
     plain = Compressor({None: 1}, {1: None}, 3)
     docs = _corpus(7)["Github"][:50]
     assert sum(len(compressor.compress("Github", d)[1]) for d in docs) < 0.9 * sum(
-        len(plain.compress("Github", d)[1]) for d in docs)
+        len(plain.compress("Github", d)[1]) for d in docs
+    )
 
 
 def test_damaged_frames_raise_corrupt_document_error() -> None:

@@ -5,8 +5,17 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pilestore.document import (NO_SUBSET, Document, checksum, decode_text, dump_json, encode_text, is_plain,
-                                load_json, subset_of)
+from pilestore.document import (
+    NO_SUBSET,
+    Document,
+    checksum,
+    decode_text,
+    dump_json,
+    encode_text,
+    is_plain,
+    load_json,
+    subset_of,
+)
 
 any_text = st.text(st.characters(exclude_categories=()))  # includes lone surrogates (category Cs)
 
@@ -16,7 +25,10 @@ def test_text_survives_encode_decode_including_lone_surrogates(text: str) -> Non
     assert decode_text(encode_text(text)) == text
 
 
-@given(any_text, st.dictionaries(st.text(), st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), any_text)))
+@given(
+    any_text,
+    st.dictionaries(st.text(), st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), any_text)),
+)
 def test_dump_json_round_trips_what_the_stdlib_reads(text: str, meta: dict) -> None:
     record = {"text": text, "meta": meta}
     dumped = dump_json(record)

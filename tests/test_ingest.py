@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 import pilestore
+from pilestore.build import BUFFER_BYTES_PER_DOC, take_sample
 from pilestore.codec import CompressionSettings
 from pilestore.errors import IncompleteStoreError, SourceError, StoreLockedError
 from pilestore.export import export
 from pilestore.ingest import ingest
 from pilestore.manifest import writer_lock
+from pilestore.shards import Record
 
 from .conftest import SAMPLE_MANIFEST, ShardMaker, doc, read_source_lines
 
@@ -24,8 +26,9 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in read_source_lines(path)]
 
 
-def test_export_gives_back_every_source_line_in_order(sample_store_dir: Path, sample_records: list[dict],
-                                                      tmp_path: Path) -> None:
+def test_export_gives_back_every_source_line_in_order(
+    sample_store_dir: Path, sample_records: list[dict], tmp_path: Path
+) -> None:
     out = tmp_path / "back.jsonl.zst"
     assert export(pilestore.open(sample_store_dir), out) == len(sample_records)
     assert _records(out) == sample_records  # text (quirks included) and meta, compared as JSON values
@@ -55,15 +58,33 @@ def test_store_is_no_larger_than_110_percent_of_its_source(sample_store_dir: Pat
 
 
 def test_bad_lines_are_skipped_counted_and_located(make_shard: ShardMaker, tmp_path: Path) -> None:
-    lines = [doc("one"), b"{not json", doc("two"), b'{"meta": {}}', b'{"text": 1}', b'{"text": "x", "meta": []}',
-             b'{"text": "caf\xe9"}', b"", doc(""), doc("last")]
+    lines = [
+        doc("one"),
+        b"{not json",
+        doc("two"),
+        b'{"meta": {}}',
+        b'{"text": 1}',
+        b'{"text": "x", "meta": []}',
+        b'{"text": "caf\xe9"}',
+        b"",
+        doc(""),
+        doc("last"),
+    ]
     shard = make_shard(lines)
     report = ingest([shard], tmp_path / "s.store").as_dict()
     assert report["documents"] == 4
-    assert report["skipped"] == {"not_json": 1, "missing_text": 1, "text_not_string": 1, "meta_not_object": 1,
-                                 "invalid_utf8": 1, "blank_line": 1}
-    assert report["skipped_examples"][0] == f"{shard}:2: not JSON: Expecting property name enclosed in double " \
-                                            "quotes at column 2"
+    assert report["skipped"] == {
+        "not_json": 1,
+        "missing_text": 1,
+        "text_not_string": 1,
+        "meta_not_object": 1,
+        "invalid_utf8": 1,
+        "blank_line": 1,
+    }
+    assert (
+        report["skipped_examples"][0] == f"{shard}:2: not JSON: Expecting property name enclosed in double "
+        "quotes at column 2"
+    )
     assert len(report["skipped_examples"]) == 5
     store = pilestore.open(tmp_path / "s.store")
     assert [d.text for d in store] == ["one", "two", "", "last"]  # empty text is a document
@@ -113,8 +134,10 @@ def test_ingesting_the_same_source_twice_is_a_no_op(make_shard: ShardMaker, tmp_
 
 
 def test_two_workers_give_the_same_store_as_one(make_shard: ShardMaker, tmp_path: Path) -> None:
-    shards = [make_shard([doc(f"{n} doc {i} " * 20, subset=n) for i in range(300)], name=f"{n}.jsonl.zst")
-              for n in ("a", "b", "c")]
+    shards = [
+        make_shard([doc(f"{n} doc {i} " * 20, subset=n) for i in range(300)], name=f"{n}.jsonl.zst")
+        for n in ("a", "b", "c")
+    ]
     seen: list[int] = []
     ingest(shards, tmp_path / "one.store", workers=1)
     ingest(shards, tmp_path / "two.store", workers=2, on_progress=lambda b, d: seen.append(d))
@@ -138,13 +161,17 @@ def test_settings_are_recorded_in_the_manifest(make_shard: ShardMaker, tmp_path:
 
 
 def _run_ingest(source: Path, store: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pilestore", "ingest", str(source), "--store", str(store), "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pilestore", "ingest", str(source), "--store", str(store), "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_an_interrupted_ingest_reruns_to_the_same_result(sample_path: Path, sample_store_dir: Path,
-                                                         tmp_path: Path, sig: signal.Signals) -> None:
+def test_an_interrupted_ingest_reruns_to_the_same_result(
+    sample_path: Path, sample_store_dir: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
     store_dir = tmp_path / "killed.store"
     proc = _run_ingest(sample_path, store_dir)
     deadline = time.monotonic() + 60
@@ -176,7 +203,7 @@ def test_crafted_edge_cases_round_trip_through_the_store(make_shard: ShardMaker,
         b'{"text": "odd subset", "meta": {"pile_set_name": 5}}',
         b'{"text": "surrogate subset", "meta": {"pile_set_name": "\\udc00"}}',
         b'{"meta": {"pile_set_name": "Github"}, "text": "meta first"}\r',
-        b'{"text": "' + "long ".encode() * 100_000 + b'", "meta": {"pile_set_name": "Books3"}}',
+        b'{"text": "' + b"long " * 100_000 + b'", "meta": {"pile_set_name": "Books3"}}',
     ]
     shard = make_shard(lines)
     ingest([shard], tmp_path / "s.store")
@@ -187,3 +214,17 @@ def test_crafted_edge_cases_round_trip_through_the_store(make_shard: ShardMaker,
     assert store[0].meta is None and store[0].subset == "(none)"
     assert store[1].extra == {"id": 17, "url": "http://x"}
     assert [store[i].subset for i in (5, 6)] == ["(none)", "(none)"]
+
+
+def test_the_training_sample_is_bounded_by_memory_not_only_by_text() -> None:
+    """One-byte documents must not all be buffered (a 10M-document source once took 6.7 GB)."""
+    records = (Record(i, "d", {"meta": {"pile_set_name": "Pile-CC"}}) for i in range(1_000_000))
+    sample = take_sample(records, 1 << 20)
+    assert len(sample) == (1 << 20) // (1 + BUFFER_BYTES_PER_DOC) + 1
+    assert next(records).line_no == len(sample)  # the rest is left for streaming
+
+
+def test_the_training_sample_takes_whole_documents_up_to_the_budget() -> None:
+    records = iter([Record(i, "x" * 1000, {}) for i in range(100)])
+    assert len(take_sample(records, 10_000)) == 7  # 7 x (1000 + 512) >= 10,000
+    assert len(take_sample(iter([]), 10_000)) == 0

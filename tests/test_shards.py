@@ -24,11 +24,14 @@ def test_format_is_told_by_magic_bytes_not_by_name(tmp_path: Path) -> None:
     assert detect_format(plain) == "jsonl"
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (gzip.compress(b'{"text": "a"}\n'), "gzip-compressed"),
-    (b"\x00\x01binary junk", "neither zstd"),
-    (b"text,meta\nhello,world\n", "neither zstd"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (gzip.compress(b'{"text": "a"}\n'), "gzip-compressed"),
+        (b"\x00\x01binary junk", "neither zstd"),
+        (b"text,meta\nhello,world\n", "neither zstd"),
+    ],
+)
 def test_unsupported_files_are_refused_by_name(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "bad.jsonl.zst"
     path.write_bytes(content)
@@ -101,19 +104,22 @@ def test_iter_lines_is_independent_of_chunk_boundaries(lines: list[bytes], chunk
     assert [line for _, line in iter_lines(chunks, Path("x"))] == expected
 
 
-@pytest.mark.parametrize(("line", "reason"), [
-    (b'{"text": "a"', "not_json"),
-    (b"", "blank_line"),
-    (b"  \r", "blank_line"),
-    (b'["text"]', "not_object"),
-    (b'{"meta": {}}', "missing_text"),
-    (b'{"text": 5}', "text_not_string"),
-    (b'{"text": null}', "text_not_string"),
-    (b'{"text": "a", "meta": "Github"}', "meta_not_object"),
-    (b'{"text": "caf\xe9"}', "invalid_utf8"),
-    (b'{"text": "a", "meta": {"x": NaN}}', "not_json"),
-    (b'{"text": "a", "meta": {"x": 1e999}}', "not_json"),
-])
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b'{"text": "a"', "not_json"),
+        (b"", "blank_line"),
+        (b"  \r", "blank_line"),
+        (b'["text"]', "not_object"),
+        (b'{"meta": {}}', "missing_text"),
+        (b'{"text": 5}', "text_not_string"),
+        (b'{"text": null}', "text_not_string"),
+        (b'{"text": "a", "meta": "Github"}', "meta_not_object"),
+        (b'{"text": "caf\xe9"}', "invalid_utf8"),
+        (b'{"text": "a", "meta": {"x": NaN}}', "not_json"),
+        (b'{"text": "a", "meta": {"x": 1e999}}', "not_json"),
+    ],
+)
 def test_bad_lines_are_classified(line: bytes, reason: str) -> None:
     with pytest.raises(LineError) as err:
         parse_line(line)

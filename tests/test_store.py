@@ -26,13 +26,20 @@ def test_open_refuses_an_incomplete_store_and_says_how_to_finish(tmp_path: Path)
         pilestore.open(tmp_path / "s")
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"{not json", "corrupt manifest"),
-    (json.dumps({"format": "pilestore", "format_version": 99}).encode(), "format version 99"),
-    (json.dumps({"format": "other"}).encode(), "not a pilestore manifest"),
-    (json.dumps({"format": "pilestore", "format_version": 1, "documents": 5, "subsets": [],
-                 "partitions": []}).encode(), "inconsistent manifest"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"{not json", "corrupt manifest"),
+        (json.dumps({"format": "pilestore", "format_version": 99}).encode(), "format version 99"),
+        (json.dumps({"format": "other"}).encode(), "not a pilestore manifest"),
+        (
+            json.dumps(
+                {"format": "pilestore", "format_version": 1, "documents": 5, "subsets": [], "partitions": []}
+            ).encode(),
+            "inconsistent manifest",
+        ),
+    ],
+)
 def test_open_refuses_bad_manifests(tmp_path: Path, content: bytes, message: str) -> None:
     (tmp_path / "manifest.json").write_bytes(content)
     with pytest.raises(StoreFormatError, match=message):
@@ -128,7 +135,12 @@ def test_store_in_four_dataloader_workers(sample_store_dir: Path, sample_records
     store = pilestore.open(sample_store_dir)
     _ = store[0]
     indices = random.Random(2).sample(range(len(store)), 400)
-    loader = DataLoader(DocumentTexts(store, indices), batch_size=16, num_workers=4,  # type: ignore[arg-type]
-                        multiprocessing_context=method, collate_fn=as_list)
+    loader = DataLoader(
+        DocumentTexts(store, indices),
+        batch_size=16,
+        num_workers=4,  # type: ignore[arg-type]
+        multiprocessing_context=method,
+        collate_fn=as_list,
+    )
     seen = [item for batch in loader for item in batch]
     assert seen == [(i, sample_records[i]["text"]) for i in indices]

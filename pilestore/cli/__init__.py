@@ -39,7 +39,9 @@ def cli(verbose: bool) -> None:
         pilestore sample --idx 12345 --store pile.store
         pilestore info --store pile.store
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _register() -> None:

@@ -13,31 +13,68 @@ from .ui import Ui
 
 
 def _summary_table(report: dict[str, Any]) -> Table:
-    table = Table(title=f"{report['documents']:,} documents ingested in {report['seconds']:.1f} s "
-                        f"({report['text_mb_per_s']} MB/s of text)", title_justify="left")
+    table = Table(
+        title=f"{report['documents']:,} documents ingested in {report['seconds']:.1f} s "
+        f"({report['text_mb_per_s']} MB/s of text)",
+        title_justify="left",
+    )
     for name in ("subset", "documents", "text MB", "stored MB", "ratio"):
         table.add_column(name, justify="left" if name == "subset" else "right")
     for name, values in report["subsets"].items():
-        table.add_row(name, f"{values['documents']:,}", f"{values['text_bytes'] / 1e6:,.2f}",
-                      f"{values['stored_bytes'] / 1e6:,.2f}", f"{values['ratio']}x")
-    table.add_row("all", f"{report['documents']:,}", f"{report['text_bytes'] / 1e6:,.2f}",
-                  f"{report['stored_bytes'] / 1e6:,.2f}", f"{report['ratio']}x", style="bold")
+        table.add_row(
+            name,
+            f"{values['documents']:,}",
+            f"{values['text_bytes'] / 1e6:,.2f}",
+            f"{values['stored_bytes'] / 1e6:,.2f}",
+            f"{values['ratio']}x",
+        )
+    table.add_row(
+        "all",
+        f"{report['documents']:,}",
+        f"{report['text_bytes'] / 1e6:,.2f}",
+        f"{report['stored_bytes'] / 1e6:,.2f}",
+        f"{report['ratio']}x",
+        style="bold",
+    )
     return table
 
 
 @click.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @store_option
-@click.option("--workers", "-j", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Sources ingested at once, each in its own process.")
+@click.option(
+    "--workers",
+    "-j",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Sources ingested at once, each in its own process.",
+)
+@click.option(
+    "--threads", default=None, type=click.IntRange(min=1), help="zstd threads per worker  [default: cores / workers]"
+)
 @click.option("--level", default=3, show_default=True, type=click.IntRange(1, 22), help="zstd level.")
-@click.option("--dict-size", default=112 * 1024, show_default=True, type=click.IntRange(min=0),
-              help="Bytes per trained zstd dictionary; 0 = no dictionaries.")
+@click.option(
+    "--dict-size",
+    default=112 * 1024,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Bytes per trained zstd dictionary; 0 = no dictionaries.",
+)
 @click.option("--strict", is_flag=True, help="Fail on the first bad line instead of counting and skipping it.")
 @json_option
 @quiet_option
-def ingest(sources: tuple[Path, ...], store_dir: Path, workers: int, level: int, dict_size: int, strict: bool,
-           json_output: bool, quiet: bool) -> None:
+def ingest(
+    sources: tuple[Path, ...],
+    store_dir: Path,
+    workers: int,
+    threads: int | None,
+    level: int,
+    dict_size: int,
+    strict: bool,
+    json_output: bool,
+    quiet: bool,
+) -> None:
     """Add the documents of Pile SOURCES (.jsonl.zst or .jsonl) to a store.
 
     Each source becomes one partition, built in parallel with --workers. The store changes only
@@ -56,8 +93,16 @@ def ingest(sources: tuple[Path, ...], store_dir: Path, workers: int, level: int,
     except ValueError as err:
         raise click.BadParameter(str(err)) from err
     with ui.bytes_progress("ingest") as (start, advance):
-        report = run_ingest(list(sources), store_dir, settings=settings, workers=workers, strict=strict,
-                            on_progress=advance, on_start=start).as_dict()
+        report = run_ingest(
+            list(sources),
+            store_dir,
+            settings=settings,
+            workers=workers,
+            threads=threads,
+            strict=strict,
+            on_progress=advance,
+            on_start=start,
+        ).as_dict()
     if json_output:
         ui.emit_json(report)
         return

@@ -62,17 +62,32 @@ def _info(store: Any) -> dict[str, Any]:
     disk = _disk_bytes(store.path)
     text = sum(v["text_bytes"] for v in per_subset.values())
     return {
-        "store": str(store.path), "format_version": store.manifest["format_version"],
-        "documents": len(store), "text_bytes": text, "disk_bytes": disk, "source_bytes": source_bytes,
+        "store": str(store.path),
+        "format_version": store.manifest["format_version"],
+        "documents": len(store),
+        "text_bytes": text,
+        "disk_bytes": disk,
+        "source_bytes": source_bytes,
         "ratio_text_to_disk": round(text / disk, 3) if disk else None,
         "disk_to_source": round(disk / source_bytes, 4) if source_bytes else None,
-        "subsets": {name: {**v, "ratio": round(v["text_bytes"] / v["stored_bytes"], 3) if v["stored_bytes"] else None}
-                    for name, v in sorted(per_subset.items())},
-        "partitions": [{"id": p["id"], "source": p["source"]["name"], "documents": p["documents"],
-                        "text_bytes": p["text_bytes"], "source_bytes": p["source"]["size"],
-                        "skipped_lines": sum(p["skipped"].values()), "created": p["created"]}
-                       for p in store.manifest["partitions"]],
-        "created": store.manifest["created"], "updated": store.manifest["updated"],
+        "subsets": {
+            name: {**v, "ratio": round(v["text_bytes"] / v["stored_bytes"], 3) if v["stored_bytes"] else None}
+            for name, v in sorted(per_subset.items())
+        },
+        "partitions": [
+            {
+                "id": p["id"],
+                "source": p["source"]["name"],
+                "documents": p["documents"],
+                "text_bytes": p["text_bytes"],
+                "source_bytes": p["source"]["size"],
+                "skipped_lines": sum(p["skipped"].values()),
+                "created": p["created"],
+            }
+            for p in store.manifest["partitions"]
+        ],
+        "created": store.manifest["created"],
+        "updated": store.manifest["updated"],
     }
 
 
@@ -96,20 +111,33 @@ def info(store_dir: Path, json_output: bool) -> None:
     if json_output:
         ui.emit_json(data)
         return
-    table = Table(title=f"{data['store']}: {data['documents']:,} documents, {data['disk_bytes'] / 1e6:,.1f} MB on "
-                        f"disk ({data['disk_to_source']}x the sources)", title_justify="left")
+    table = Table(
+        title=f"{data['store']}: {data['documents']:,} documents, {data['disk_bytes'] / 1e6:,.1f} MB on "
+        f"disk ({data['disk_to_source']}x the sources)",
+        title_justify="left",
+    )
     for name in ("subset", "documents", "text MB", "stored MB", "ratio"):
         table.add_column(name, justify="left" if name == "subset" else "right")
     for name, v in data["subsets"].items():
-        table.add_row(name, f"{v['documents']:,}", f"{v['text_bytes'] / 1e6:,.2f}", f"{v['stored_bytes'] / 1e6:,.2f}",
-                      f"{v['ratio']}x")
+        table.add_row(
+            name,
+            f"{v['documents']:,}",
+            f"{v['text_bytes'] / 1e6:,.2f}",
+            f"{v['stored_bytes'] / 1e6:,.2f}",
+            f"{v['ratio']}x",
+        )
     ui.out.print(table)
     sources = Table(title="partitions", title_justify="left")
     for name in ("id", "source", "documents", "source MB", "skipped lines"):
         sources.add_column(name, justify="left" if name == "source" else "right")
     for p in data["partitions"]:
-        sources.add_row(str(p["id"]), p["source"], f"{p['documents']:,}", f"{p['source_bytes'] / 1e6:,.1f}",
-                        f"{p['skipped_lines']:,}")
+        sources.add_row(
+            str(p["id"]),
+            p["source"],
+            f"{p['documents']:,}",
+            f"{p['source_bytes'] / 1e6:,.1f}",
+            f"{p['skipped_lines']:,}",
+        )
     ui.out.print(sources)
 
 
@@ -146,8 +174,12 @@ def verify(store_dir: Path, json_output: bool, quiet: bool) -> None:
 
 @click.command()
 @store_option
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Output file: zstd-compressed if it ends in .zst, else plain JSON lines.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output file: zstd-compressed if it ends in .zst, else plain JSON lines.",
+)
 @click.option("--level", default=3, show_default=True, type=click.IntRange(1, 22), help="zstd level for .zst output.")
 @json_option
 @quiet_option

@@ -12,8 +12,17 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
-                           TextColumn, TimeRemainingColumn, TransferSpeedColumn)
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.text import Text
 
 
@@ -46,8 +55,14 @@ class Ui:
         if not self.show_progress:
             yield (lambda total: None), (lambda nbytes, ndocs: None)
             return
-        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                   DocsPerSecond(), TimeRemainingColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            DocsPerSecond(),
+            TimeRemainingColumn(),
+        )
         with Progress(*columns, console=self.err, transient=True) as progress:
             task = progress.add_task(label, total=None, docs=0)
             docs = 0
@@ -65,8 +80,13 @@ class Ui:
         if not self.show_progress:
             yield lambda n: None
             return
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), DocsPerSecond(),
-                   TimeRemainingColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            DocsPerSecond(),
+            TimeRemainingColumn(),
+        )
         with Progress(*columns, console=self.err, transient=True) as progress:
             task = progress.add_task(label, total=total)
             yield lambda n: progress.advance(task, n)

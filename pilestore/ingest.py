@@ -104,8 +104,9 @@ def staging_key(source: Path, settings: CompressionSettings) -> str:
     return f"{source.name}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
 
 
-def _clean_leftovers(store: Path, manifest: dict[str, Any]) -> None:
-    """Delete files of crashed runs: unlisted partition/index files and unfinished staging folders."""
+def _clean_leftovers(store: Path, manifest: dict[str, Any], keep: set[Path]) -> None:
+    """Delete files of crashed runs: unlisted partition/index files, and staging folders that are unfinished
+    or belong to no source of this command (finished ones of this command's sources are reused)."""
     listed = {p[key] for p in manifest["partitions"] for key in ("file", "index")}
     for folder in (PARTITIONS_DIR, INDEX_DIR):
         for path in (store / folder).glob("*"):
@@ -113,8 +114,8 @@ def _clean_leftovers(store: Path, manifest: dict[str, Any]) -> None:
                 log.info("removing %s, left by an interrupted ingest", path)
                 path.unlink()
     for path in (store / STAGING_DIR).glob("*"):
-        if not (path / RESULT_FILE).exists():
-            log.info("removing %s, an unfinished build", path)
+        if path not in keep or not (path / RESULT_FILE).exists():
+            log.info("removing %s, left by an interrupted ingest", path)
             shutil.rmtree(path)
     for path in store.glob(f".{MANIFEST}.tmp-*"):
         path.unlink()
@@ -273,13 +274,13 @@ def ingest(
             if (store / MANIFEST).exists():
                 raise
             manifest = empty_manifest(__version__)
-        _clean_leftovers(store, manifest)
         todo: list[tuple[Path, Path]] = []
         for source in unique:
             if _already_in_store(source, manifest):
                 report.already_in_store.append(source.name)
             else:
                 todo.append((source, store / STAGING_DIR / staging_key(source, settings)))
+        _clean_leftovers(store, manifest, keep={folder for _, folder in todo})
         finished = {folder: _finished_result(folder) for _, folder in todo}
         jobs = [(src, folder) for src, folder in todo if finished[folder] is None]
         on_start(sum(src.stat().st_size for src, _ in jobs))

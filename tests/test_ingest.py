@@ -228,3 +228,27 @@ def test_the_training_sample_takes_whole_documents_up_to_the_budget() -> None:
     records = iter([Record(i, "x" * 1000, {}) for i in range(100)])
     assert len(take_sample(records, 10_000)) == 7  # 7 x (1000 + 512) >= 10,000
     assert len(take_sample(iter([]), 10_000)) == 0
+
+
+def test_finished_sources_of_a_failed_run_are_reused_then_cleaned(make_shard: ShardMaker, tmp_path: Path) -> None:
+    store_dir = tmp_path / "s.store"
+    good = make_shard([doc("a")], name="good.jsonl.zst")
+    bad = make_shard([doc("b"), b"oops"], name="bad.jsonl.zst")
+    with pytest.raises(SourceError, match="bad.jsonl.zst:2"):
+        ingest([good, bad], store_dir, strict=True)
+    (staged,) = list((store_dir / ".staging").iterdir())  # good.jsonl.zst was finished before bad failed
+    staged_result = json.loads((staged / "result.json").read_text())
+    report = ingest([good, bad], store_dir)
+    assert [p["source"]["name"] for p in report.partitions] == ["good.jsonl.zst", "bad.jsonl.zst"]
+    assert report.partitions[0]["created"] == staged_result["created"]  # reused, not rebuilt
+    assert not list((store_dir / ".staging").iterdir())
+
+
+def test_a_staged_build_not_asked_for_again_is_removed(make_shard: ShardMaker, tmp_path: Path) -> None:
+    store_dir = tmp_path / "s.store"
+    bad = make_shard([b"oops"], name="bad.jsonl.zst")
+    with pytest.raises(SourceError):
+        ingest([make_shard([doc("c")], name="c.jsonl.zst"), bad], store_dir, strict=True)
+    assert len(list((store_dir / ".staging").iterdir())) == 1
+    ingest([make_shard([doc("a")], name="other.jsonl.zst")], store_dir)
+    assert not list((store_dir / ".staging").iterdir())

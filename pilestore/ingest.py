@@ -143,6 +143,17 @@ def _init_worker(progress_queue: Any, stop: Any) -> None:
     _worker_queue, _worker_stop = progress_queue, stop
 
 
+def _build_one(
+    source: Path, folder: Path, settings: CompressionSettings, strict: bool, threads: int, on_progress: ProgressCallback
+) -> dict[str, Any]:
+    """build_partition, removing its half-built folder if it fails (a killed one is removed by the next run)."""
+    try:
+        return build_partition(source, folder, settings, strict=strict, threads=threads, on_progress=on_progress)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def _build_in_worker(
     source: Path, folder: Path, settings: CompressionSettings, strict: bool, threads: int
 ) -> dict[str, Any]:
@@ -151,7 +162,7 @@ def _build_in_worker(
             raise Cancelled(f"{source}: stopped because another source failed")
         _worker_queue.put((nbytes, ndocs))
 
-    return build_partition(source, folder, settings, strict=strict, threads=threads, on_progress=report)
+    return _build_one(source, folder, settings, strict, threads, report)
 
 
 def _build_all(
@@ -169,10 +180,7 @@ def _build_all(
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // processes)  # zstd threads per process: use every core
     if processes == 1:
-        return [
-            build_partition(src, folder, settings, strict=strict, threads=threads, on_progress=on_progress)
-            for src, folder in jobs
-        ]
+        return [_build_one(src, folder, settings, strict, threads, on_progress) for src, folder in jobs]
     ctx = multiprocessing.get_context("spawn")  # no fork of a parent that runs a progress thread
     progress_queue, stop = ctx.Queue(), ctx.Event()
     with ProcessPoolExecutor(

@@ -253,7 +253,11 @@ def bench_open(work: Path, docs: int) -> dict:
             fh.write(line * (docs % 100_000))
         shutil.rmtree(store_dir, ignore_errors=True)
         t = time.perf_counter()
-        subprocess.run([PY, "-m", "pilestore", "ingest", str(source), "--store", str(store_dir), "-q"], check=True)
+        subprocess.run(
+            [PY, "-m", "pilestore", "ingest", str(source), "--store", str(store_dir), "-q"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         build_s = time.perf_counter() - t
         source.unlink()
     else:

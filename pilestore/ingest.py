@@ -34,9 +34,10 @@ from .manifest import (
     MANIFEST,
     PARTITIONS_DIR,
     STAGING_DIR,
-    empty_manifest,
     now,
-    read_manifest,
+    read_or_empty,
+    subset_totals,
+    with_ratios,
     write_manifest,
     writer_lock,
 )
@@ -65,11 +66,8 @@ class IngestReport:
         text = sum(p["text_bytes"] for p in self.partitions)
         stored = sum(p["stored_bytes"] + p["dictionary_bytes"] for p in self.partitions)
         read = sum(p["source"]["size"] for p in self.partitions)
-        per_subset: dict[str, Counter[str]] = {}
         skipped: Counter[str] = Counter()
         for part in self.partitions:
-            for name, values in part["subset_stats"].items():
-                per_subset.setdefault(name, Counter()).update(values)
             skipped.update(part["skipped"])
         return {
             "store": str(self.store),
@@ -83,15 +81,7 @@ class IngestReport:
             "seconds": round(self.seconds, 3),
             "text_mb_per_s": round(text / 1e6 / self.seconds, 2) if self.seconds else None,
             "source_mb_per_s": round(read / 1e6 / self.seconds, 2) if self.seconds else None,
-            "subsets": {
-                name: {
-                    **values,
-                    "ratio": round(values["text_bytes"] / values["stored_bytes"], 3)
-                    if values["stored_bytes"]
-                    else None,
-                }
-                for name, values in sorted(per_subset.items())
-            },
+            "subsets": with_ratios(subset_totals(self.partitions)),
             "skipped": dict(skipped),
             "skipped_examples": [e for p in self.partitions for e in p["skipped_examples"]],
         }
@@ -213,14 +203,9 @@ def _drain(progress_queue: Any, on_progress: ProgressCallback) -> None:
         on_progress(nbytes, ndocs)
 
 
-def _commit(store: Path, results: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Move staged files into the store and replace the manifest; returns the new partition entries."""
-    try:
-        manifest = read_manifest(store)
-    except PilestoreError:
-        if (store / MANIFEST).exists():
-            raise
-        manifest = empty_manifest(__version__)
+def _commit(store: Path, manifest: dict[str, Any], results: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Move staged files into the store and replace the manifest (read under the same lock); returns the new
+    partition entries."""
     (store / PARTITIONS_DIR).mkdir(exist_ok=True)
     (store / INDEX_DIR).mkdir(exist_ok=True)
     added = []
@@ -276,12 +261,7 @@ def ingest(
         detect_format(source)  # fail fast on a missing or unreadable file, before any work
     report = IngestReport(store=store)
     with writer_lock(store):
-        try:
-            manifest = read_manifest(store)
-        except PilestoreError:
-            if (store / MANIFEST).exists():
-                raise
-            manifest = empty_manifest(__version__)
+        manifest = read_or_empty(store, __version__)
         todo: list[tuple[Path, Path]] = []
         for source in unique:
             if _already_in_store(source, manifest):
@@ -301,7 +281,7 @@ def ingest(
         )
         results = [(folder, finished[folder] or built[folder]) for _, folder in todo]
         if results:
-            report.partitions = _commit(store, results)
+            report.partitions = _commit(store, manifest, results)
     report.seconds = time.perf_counter() - started
     if not report.partitions and not report.already_in_store:
         raise SourceError("no sources given")

@@ -127,6 +127,32 @@ def _check(manifest: Any, path: Path) -> None:
         raise StoreFormatError(f"{path}: inconsistent manifest: {err}") from err
 
 
+def read_or_empty(store: Path, version: str) -> dict[str, Any]:
+    """The store's manifest, or a new empty one if the directory has none yet (a damaged one still raises)."""
+    if not (store / MANIFEST).exists():
+        return empty_manifest(version)
+    return read_manifest(store)
+
+
+def subset_totals(partitions: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Documents, text bytes and stored bytes per subset, summed over partition entries, sorted by name."""
+    totals: dict[str, dict[str, int]] = {}
+    for part in partitions:
+        for name, values in part["subset_stats"].items():
+            acc = totals.setdefault(name, {"documents": 0, "text_bytes": 0, "stored_bytes": 0})
+            for key in acc:
+                acc[key] += values[key]
+    return dict(sorted(totals.items()))
+
+
+def with_ratios(totals: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:
+    """subset_totals plus each subset's compression ratio (text bytes / stored bytes)."""
+    return {
+        name: {**v, "ratio": round(v["text_bytes"] / v["stored_bytes"], 3) if v["stored_bytes"] else None}
+        for name, v in totals.items()
+    }
+
+
 @contextmanager
 def writer_lock(store: Path) -> Iterator[None]:
     """Exclusive right to change `store`; the OS releases it if the process dies (even by kill -9)."""

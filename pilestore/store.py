@@ -14,7 +14,6 @@ from __future__ import annotations
 import operator
 import os
 from bisect import bisect_right
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ from . import partition
 from .codec import Decompressor
 from .document import Document, checksum, decode_text, load_json
 from .errors import CorruptDocumentError, StoreFormatError
-from .manifest import read_manifest
+from .manifest import read_manifest, subset_totals
 
 if TYPE_CHECKING:
     from .index import PartitionIndex
@@ -98,11 +97,7 @@ class Store:
     @property
     def subsets(self) -> dict[str, int]:
         """Documents per subset, from the manifest (no file is read)."""
-        counts: Counter[str] = Counter()
-        for part in self.manifest["partitions"]:
-            for name, values in part["subset_stats"].items():
-                counts[name] += values["documents"]
-        return dict(sorted(counts.items()))
+        return {name: v["documents"] for name, v in subset_totals(self.manifest["partitions"]).items()}
 
     def _check_process(self) -> None:
         if os.getpid() != self._pid:  # forked: the parent's SQLite handles and maps are not ours to use

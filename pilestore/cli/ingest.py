@@ -3,40 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
-from rich.table import Table
 
 from .options import json_option, quiet_option, store_option
-from .ui import Ui
-
-
-def _summary_table(report: dict[str, Any]) -> Table:
-    table = Table(
-        title=f"{report['documents']:,} documents ingested in {report['seconds']:.1f} s "
-        f"({report['text_mb_per_s']} MB/s of text)",
-        title_justify="left",
-    )
-    for name in ("subset", "documents", "text MB", "stored MB", "ratio"):
-        table.add_column(name, justify="left" if name == "subset" else "right")
-    for name, values in report["subsets"].items():
-        table.add_row(
-            name,
-            f"{values['documents']:,}",
-            f"{values['text_bytes'] / 1e6:,.2f}",
-            f"{values['stored_bytes'] / 1e6:,.2f}",
-            f"{values['ratio']}x",
-        )
-    table.add_row(
-        "all",
-        f"{report['documents']:,}",
-        f"{report['text_bytes'] / 1e6:,.2f}",
-        f"{report['stored_bytes'] / 1e6:,.2f}",
-        f"{report['ratio']}x",
-        style="bold",
-    )
-    return table
+from .ui import Ui, subset_table
 
 
 @click.command()
@@ -109,7 +80,11 @@ def ingest(
     for name in report["already_in_store"]:
         ui.note(f"{name}: already in {store_dir}, skipped")
     if report["documents"] or report["sources"]:
-        ui.out.print(_summary_table(report))
+        title = (
+            f"{report['documents']:,} documents ingested in {report['seconds']:.1f} s "
+            f"({report['text_mb_per_s']} MB/s of text)"
+        )
+        ui.out.print(subset_table(title, report["subsets"], total=report))
     skipped = report["skipped"]
     if skipped:
         total = sum(skipped.values())

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .options import json_option, quiet_option, store_option
-from .ui import Ui
+from .ui import Ui, subset_table
 
 
 @click.command()
@@ -52,12 +52,9 @@ def _disk_bytes(path: Path) -> int:
 
 
 def _info(store: Any) -> dict[str, Any]:
-    per_subset: dict[str, dict[str, int]] = {}
-    for part in store.manifest["partitions"]:
-        for name, values in part["subset_stats"].items():
-            acc = per_subset.setdefault(name, {"documents": 0, "text_bytes": 0, "stored_bytes": 0})
-            for key in acc:
-                acc[key] += values[key]
+    from ..manifest import subset_totals, with_ratios
+
+    per_subset = with_ratios(subset_totals(store.manifest["partitions"]))
     source_bytes = sum(p["source"]["size"] for p in store.manifest["partitions"])
     disk = _disk_bytes(store.path)
     text = sum(v["text_bytes"] for v in per_subset.values())
@@ -70,10 +67,7 @@ def _info(store: Any) -> dict[str, Any]:
         "source_bytes": source_bytes,
         "ratio_text_to_disk": round(text / disk, 3) if disk else None,
         "disk_to_source": round(disk / source_bytes, 4) if source_bytes else None,
-        "subsets": {
-            name: {**v, "ratio": round(v["text_bytes"] / v["stored_bytes"], 3) if v["stored_bytes"] else None}
-            for name, v in sorted(per_subset.items())
-        },
+        "subsets": per_subset,
         "partitions": [
             {
                 "id": p["id"],
@@ -111,21 +105,11 @@ def info(store_dir: Path, json_output: bool) -> None:
     if json_output:
         ui.emit_json(data)
         return
-    table = Table(
-        title=f"{data['store']}: {data['documents']:,} documents, {data['disk_bytes'] / 1e6:,.1f} MB on "
-        f"disk ({data['disk_to_source']}x the sources)",
-        title_justify="left",
+    title = (
+        f"{data['store']}: {data['documents']:,} documents, {data['disk_bytes'] / 1e6:,.1f} MB on disk "
+        f"({data['disk_to_source']}x the sources)"
     )
-    for name in ("subset", "documents", "text MB", "stored MB", "ratio"):
-        table.add_column(name, justify="left" if name == "subset" else "right")
-    for name, v in data["subsets"].items():
-        table.add_row(
-            name,
-            f"{v['documents']:,}",
-            f"{v['text_bytes'] / 1e6:,.2f}",
-            f"{v['stored_bytes'] / 1e6:,.2f}",
-            f"{v['ratio']}x",
-        )
+    table = subset_table(title, data["subsets"])
     ui.out.print(table)
     sources = Table(title="partitions", title_justify="left")
     for name in ("id", "source", "documents", "source MB", "skipped lines"):

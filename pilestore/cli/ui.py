@@ -23,6 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
 
@@ -34,6 +35,24 @@ class DocsPerSecond(ProgressColumn):
         docs = task.fields.get("docs", task.completed)
         rate = docs / elapsed if elapsed > 0 else 0
         return Text(f"{rate:,.0f} docs/s", style="progress.data.speed")
+
+
+def subset_table(title: str, subsets: dict[str, dict[str, Any]], total: dict[str, Any] | None = None) -> Table:
+    """Documents, text MB, stored MB and ratio per subset (as `manifest.with_ratios` gives them)."""
+    table = Table(title=title, title_justify="left")
+    for name in ("subset", "documents", "text MB", "stored MB", "ratio"):
+        table.add_column(name, justify="left" if name == "subset" else "right")
+    rows = [(name, v, None) for name, v in subsets.items()] + ([("all", total, "bold")] if total else [])
+    for name, v, style in rows:
+        table.add_row(
+            name,
+            f"{v['documents']:,}",
+            f"{v['text_bytes'] / 1e6:,.2f}",
+            f"{v['stored_bytes'] / 1e6:,.2f}",
+            f"{v['ratio']}x",
+            style=style,
+        )
+    return table
 
 
 class Ui:

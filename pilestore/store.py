@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import operator
 import os
+import threading
 from bisect import bisect_right
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,16 +32,17 @@ if TYPE_CHECKING:
 
 
 class _Partition:
-    """One partition's open connection and decompressor (per process)."""
+    """One partition's connection (per process), with a cursor and a decompressor per thread: neither apsw
+    cursors nor zstd decompression contexts may be used by two threads at once."""
 
-    __slots__ = ("conn", "decompressor", "rests", "subsets")
+    __slots__ = ("_local", "conn", "dictionaries", "rests", "subsets")
 
     def __init__(self, path: Path, subsets: list[str]) -> None:
         if not path.exists():
             raise StoreFormatError(f"{path}: partition file missing; the store is damaged (run `pilestore verify`)")
         self.conn = partition.connect_reader(path)
         try:
-            self.decompressor = Decompressor(partition.read_dictionaries(self.conn))
+            self.dictionaries = partition.read_dictionaries(self.conn)
             stored_subsets = partition.read_subsets(self.conn)
         except apsw.Error as err:
             raise StoreFormatError(f"{path}: unreadable partition ({err}); run `pilestore verify`") from err
@@ -48,6 +50,23 @@ class _Partition:
             raise StoreFormatError(f"{path}: subsets {stored_subsets} differ from the manifest's {subsets}")
         self.subsets = subsets
         self.rests: dict[int, str] = {}
+        self._local = threading.local()
+
+    def thread_state(self) -> threading.local:
+        """This thread's `cursor` and `decompressor`."""
+        local = self._local
+        if not hasattr(local, "cursor"):
+            local.cursor = self.conn.cursor()
+            local.decompressor = Decompressor(self.dictionaries)
+        return local
+
+    @property
+    def cursor(self) -> apsw.Cursor:
+        return self.thread_state().cursor
+
+    @property
+    def decompressor(self) -> Decompressor:
+        return self.thread_state().decompressor
 
     def rest(self, rest_id: int) -> str:
         """An interned rest JSON (cached: few distinct values repeat across many documents)."""
@@ -129,11 +148,12 @@ class Store:
         part = self._open.get(p) if self._pid == os.getpid() else None
         if part is None:
             part = self._partition(p)
-        found = partition.read_row(part.conn, row)
+        local = part.thread_state()
+        found = partition.read_row(local.cursor, row)
         if found is None:
             raise CorruptDocumentError(f"{self._where(p, row)}: row missing from the partition")
         try:
-            return self._document(self._starts[p] + row, part, *found)
+            return self._document(self._starts[p] + row, part, local.decompressor, *found)
         except CorruptDocumentError as err:
             raise CorruptDocumentError(f"{self._where(p, row)}: {err}; run `pilestore verify`") from err
 
@@ -145,6 +165,7 @@ class Store:
     def _document(
         gidx: int,
         part: _Partition,
+        decompressor: Decompressor,
         subset_id: int,
         codec: int,
         size: int,
@@ -152,7 +173,7 @@ class Store:
         rest: str | int | None,
         stored: bytes,
     ) -> Document:
-        data = part.decompressor.decompress(codec, stored, size)
+        data = decompressor.decompress(codec, stored, size)
         if checksum(data) != digest:
             raise CorruptDocumentError("text does not match its checksum")
         if not 0 <= subset_id < len(part.subsets):
@@ -167,12 +188,13 @@ class Store:
     def iter_partition(self, p: int, start: int = 0) -> Iterator[Document]:
         """Documents of partition p from row `start`, in order, with one sequential scan."""
         part = self._partition(p)
+        decompressor = Decompressor(part.dictionaries)  # this generator's own: it may run beside other reads
         expected = start
         for row, *fields in partition.iter_rows(part.conn, start):
             if row != expected:
                 raise CorruptDocumentError(f"{self._where(p, expected)}: row missing from the partition")
             try:
-                yield self._document(self._starts[p] + row, part, *fields)
+                yield self._document(self._starts[p] + row, part, decompressor, *fields)
             except CorruptDocumentError as err:
                 raise CorruptDocumentError(f"{self._where(p, row)}: {err}; run `pilestore verify`") from err
             expected += 1

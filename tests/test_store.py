@@ -144,3 +144,13 @@ def test_store_in_four_dataloader_workers(sample_store_dir: Path, sample_records
     )
     seen = [item for batch in loader for item in batch]
     assert seen == [(i, sample_records[i]["text"]) for i in indices]
+
+
+def test_threads_sharing_a_store_read_correctly(sample_store_dir: Path, sample_records: list[dict]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = pilestore.open(sample_store_dir)
+    indices = random.Random(5).sample(range(len(store)), 2000)
+    with ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(lambda i: store[i].text, indices))
+    assert texts == [sample_records[i]["text"] for i in indices]

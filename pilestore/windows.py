@@ -1,0 +1,199 @@
+"""Sample views over tokenized documents: rolling windows with context carryover, and packing. numba kernels.
+
+A sample is seq_len + 1 tokens x (inputs x[:-1], labels x[1:]) made of spans. A span is part of one document:
+
+    span (doc, eod, start, context, target):  x-tokens = [eod] * eod + doc[start : start + context + target]
+    the last `target` tokens are predicted; the [eod] and the `context` tokens are input only.
+
+eval view: exactly lm-evaluation-harness get_rolling_token_windows(tokens, prefix=[eod], max_seq_len=L,
+context_len=C) made disjoint: the first window predicts doc[:min(L, n)] after [eod]; each later window predicts
+up to L - C + 1 new tokens with the L + 1 - target tokens before them as context. One span per sample.
+
+    n=7, L=4, C=2:  [eod] 0 1 2 3 | (1 2) 3 4 5 -> no: later windows predict 3 new tokens with 2 of context:
+    window 1: eod|0 1 2 3        window 2: 2 3|4 5 6        ("|" separates context from targets)
+
+train view: the same first and full windows (each fills a sample alone); the last, partial window of a long
+document keeps exactly C context tokens instead of filling up, and short documents are one span with [eod].
+These pieces are packed into samples of L + 1 tokens: best-fit decreasing (Ding et al. 2024) or greedy
+next-fit in document order. A piece is never split, so no document is truncated; unused slots are padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+PACKINGS = ("bestfit", "greedy")
+
+
+@dataclass(frozen=True, slots=True)
+class Spans:
+    """Spans and the samples made of them: sample i is spans[span_begin[i] : span_begin[i + 1]]."""
+
+    doc: np.ndarray  # int64
+    eod: np.ndarray  # uint8: the span starts with [eod] (its document's first window)
+    start: np.ndarray  # int64: first document token of the span
+    context: np.ndarray  # int32
+    target: np.ndarray  # int32
+    span_begin: np.ndarray  # int64, n_samples + 1
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.span_begin) - 1
+
+    def sample_tokens(self) -> np.ndarray:
+        """x-tokens used by each sample (the rest up to seq_len + 1 is padding)."""
+        per_span = self.eod.astype(np.int64) + self.context + self.target
+        return np.add.reduceat(per_span, self.span_begin[:-1]) if len(per_span) else np.zeros(0, np.int64)
+
+
+def _check(n_tokens: np.ndarray, seq_len: int, context: int) -> np.ndarray:
+    if not 1 <= context <= seq_len:
+        raise ValueError(f"context must be in 1..seq_len={seq_len}, got {context}")
+    lengths = np.ascontiguousarray(n_tokens, dtype=np.int64)
+    if len(lengths) and lengths.min() < 0:
+        raise ValueError("document lengths must be >= 0")
+    return lengths
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_windows(lengths, seq_len, context, tails_keep_context):  # pragma: no cover - compiled
+    pred = seq_len - context + 1
+    total = 0
+    for n in lengths:
+        if n > 0:
+            total += 1 + (max(0, n - seq_len) + pred - 1) // pred
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _windows(lengths, seq_len, context, tails_keep_context, doc, eod, start, ctx, tgt):  # pragma: no cover
+    """Fill one span per window; tails_keep_context: the last partial window keeps C context (train view)."""
+    pred = seq_len - context + 1
+    k = 0
+    for d in range(len(lengths)):
+        n = lengths[d]
+        if n == 0:
+            continue
+        first = min(seq_len, n)
+        doc[k], eod[k], start[k], ctx[k], tgt[k] = d, 1, 0, 0, first
+        k += 1
+        done = first
+        while done < n:
+            w = min(n - done, pred)
+            end = done + w
+            c = context if tails_keep_context else seq_len + 1 - w  # equal for full windows (w == pred)
+            doc[k], eod[k], start[k], ctx[k], tgt[k] = d, 0, end - w - c, c, w
+            k += 1
+            done = end
+    return k
+
+
+def windows(n_tokens: np.ndarray, seq_len: int, context: int, *, tails_keep_context: bool) -> Spans:
+    """One span per window of every document (one sample per span)."""
+    lengths = _check(n_tokens, seq_len, context)
+    total = _count_windows(lengths, seq_len, context, int(tails_keep_context))
+    doc, start = np.empty(total, np.int64), np.empty(total, np.int64)
+    eod = np.empty(total, np.uint8)
+    ctx, tgt = np.empty(total, np.int32), np.empty(total, np.int32)
+    filled = _windows(lengths, seq_len, context, int(tails_keep_context), doc, eod, start, ctx, tgt)
+    assert filled == total  # noqa: S101 - kernel and counter agree by construction
+    return Spans(doc, eod, start, ctx, tgt, np.arange(total + 1, dtype=np.int64))
+
+
+def eval_view(n_tokens: np.ndarray, seq_len: int, context: int) -> Spans:
+    """lm-evaluation-harness rolling windows, one per sample."""
+    return windows(n_tokens, seq_len, context, tails_keep_context=False)
+
+
+@numba.njit(cache=True, nogil=True)
+def _first_at_least(tree, leaves, s):  # pragma: no cover - compiled
+    """Smallest leaf index >= s whose count is > 0, or -1 (tree[leaves + c] counts leaf c; parents sum)."""
+    node = leaves + s
+    if tree[node] > 0:
+        return s
+    while True:  # climb until a right sibling (all of whose leaves are > s) has a count
+        if node == 1:
+            return -1
+        if node % 2 == 0 and tree[node + 1] > 0:
+            node += 1
+            break
+        node //= 2
+    while node < leaves:  # then the leftmost leaf with a count below it
+        node = 2 * node if tree[2 * node] > 0 else 2 * node + 1
+    return node - leaves
+
+
+@numba.njit(cache=True, nogil=True)
+def _tree_add(tree, leaves, c, delta):  # pragma: no cover - compiled
+    node = leaves + c
+    while node >= 1:
+        tree[node] += delta
+        node //= 2
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_fit(sizes, order, capacity):  # pragma: no cover - compiled
+    """Bin of each piece, placed in `order` into the open bin with the least room that still fits it."""
+    leaves = 1
+    while leaves < capacity + 1:
+        leaves *= 2
+    tree = np.zeros(2 * leaves, np.int64)  # open bins per remaining room, summed up the tree
+    head = np.full(capacity + 1, -1, np.int64)  # a stack of open bins per remaining room
+    next_bin = np.full(len(sizes), -1, np.int64)
+    room = np.zeros(len(sizes), np.int64)
+    bin_of = np.empty(len(sizes), np.int64)
+    n_bins = 0
+    for piece in order:
+        s = sizes[piece]
+        c = _first_at_least(tree, leaves, s)
+        if c >= 0:
+            b = head[c]
+            head[c] = next_bin[b]
+            _tree_add(tree, leaves, c, -1)
+        else:
+            b = n_bins
+            n_bins += 1
+            room[b] = capacity
+        bin_of[piece] = b
+        room[b] -= s
+        r = room[b]
+        if r > 0:
+            next_bin[b] = head[r]
+            head[r] = b
+            _tree_add(tree, leaves, r, 1)
+    return bin_of, n_bins
+
+
+@numba.njit(cache=True, nogil=True)
+def _next_fit(sizes, capacity):  # pragma: no cover - compiled
+    bin_of = np.empty(len(sizes), np.int64)
+    b = -1
+    room = 0
+    for i in range(len(sizes)):
+        if sizes[i] > room:
+            b += 1
+            room = capacity
+        bin_of[i] = b
+        room -= sizes[i]
+    return bin_of, b + 1
+
+
+def train_view(n_tokens: np.ndarray, seq_len: int, context: int, packing: str = "bestfit") -> Spans:
+    """Windows with context carryover, packed into samples of seq_len + 1 tokens."""
+    if packing not in PACKINGS:
+        raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
+    pieces = windows(n_tokens, seq_len, context, tails_keep_context=True)
+    sizes = pieces.eod.astype(np.int64) + pieces.context + pieces.target
+    if packing == "bestfit":
+        order = np.argsort(-sizes, kind="stable")  # largest first; ties keep document order
+        bin_of, n_bins = _best_fit(sizes, order, seq_len + 1)
+    else:
+        bin_of, n_bins = _next_fit(sizes, seq_len + 1)
+    by_bin = np.argsort(bin_of, kind="stable")  # spans of a sample in placement... then document order
+    counts = np.bincount(bin_of, minlength=n_bins)
+    span_begin = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    return Spans(pieces.doc[by_bin], pieces.eod[by_bin], pieces.start[by_bin], pieces.context[by_bin],
+                 pieces.target[by_bin], span_begin)

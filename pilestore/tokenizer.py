@@ -115,8 +115,12 @@ def train_tokenizer(store: Any, out: Path, settings: TrainSettings) -> dict[str,
     except RuntimeError as err:
         raise TokenizerError(f"sentencepiece training failed: {err}") from err
     out.write_bytes(model.getvalue())
-    return {"model": str(out), "sha256": hashlib.sha256(model.getvalue()).hexdigest(), "documents": len(indices),
-            "options": options}
+    return {
+        "model": str(out),
+        "sha256": hashlib.sha256(model.getvalue()).hexdigest(),
+        "documents": len(indices),
+        "options": options,
+    }
 
 
 class Tokenizer:

@@ -62,8 +62,15 @@ class PartitionTokens:
     n_bytes: np.ndarray
 
 
-def _write_partition(store: Store, p: int, tokenizer: Tokenizer, folder: Path, dtype: np.dtype, threads: int,
-                     on_docs: Callable[[int], None]) -> dict[str, int]:
+def _write_partition(
+    store: Store,
+    p: int,
+    tokenizer: Tokenizer,
+    folder: Path,
+    dtype: np.dtype,
+    threads: int,
+    on_docs: Callable[[int], None],
+) -> dict[str, int]:
     import pyarrow as pa
 
     stem = folder / f"p{p:05d}"
@@ -97,8 +104,13 @@ def _write_partition(store: Store, p: int, tokenizer: Tokenizer, folder: Path, d
         for fh in (tok_out, bytes_out):
             fh.flush()
             os.fsync(fh.fileno())
-    table = pa.table({"start": pa.array(starts, pa.int64()), "n_tokens": pa.array(counts, pa.int64()),
-                      "n_bytes": pa.array(sizes, pa.int64())})
+    table = pa.table(
+        {
+            "start": pa.array(starts, pa.int64()),
+            "n_tokens": pa.array(counts, pa.int64()),
+            "n_bytes": pa.array(sizes, pa.int64()),
+        }
+    )
     with open(tmp["arrow"], "wb") as fh:
         with pa.ipc.new_file(fh, table.schema) as writer:
             writer.write_table(table)
@@ -110,8 +122,9 @@ def _write_partition(store: Store, p: int, tokenizer: Tokenizer, folder: Path, d
     return done
 
 
-def tokenize(store: Store, tokenizer_path: Path, *, threads: int = 1,
-             on_docs: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+def tokenize(
+    store: Store, tokenizer_path: Path, *, threads: int = 1, on_docs: Callable[[int], None] = lambda n: None
+) -> dict[str, Any]:
     """Tokenize every partition not yet done; returns the view's description (also written to view.json)."""
     tokenizer = Tokenizer(tokenizer_path)
     folder = view_dir(store, tokenizer)
@@ -131,11 +144,20 @@ def tokenize(store: Store, tokenizer_path: Path, *, threads: int = 1,
             else:
                 on_docs(done["documents"])
             parts.append({"partition": p, **done})
-        view = {"tokenizer": {"file": tokenizer.path.name, "sha256": tokenizer.sha256,
-                              "vocab_size": tokenizer.vocab_size, "eod_id": tokenizer.eod_id},
-                "dtype": dtype.name, "documents": sum(x["documents"] for x in parts),
-                "tokens": sum(x["tokens"] for x in parts), "bytes": sum(x["bytes"] for x in parts),
-                "partitions": parts, "updated": now()}
+        view = {
+            "tokenizer": {
+                "file": tokenizer.path.name,
+                "sha256": tokenizer.sha256,
+                "vocab_size": tokenizer.vocab_size,
+                "eod_id": tokenizer.eod_id,
+            },
+            "dtype": dtype.name,
+            "documents": sum(x["documents"] for x in parts),
+            "tokens": sum(x["tokens"] for x in parts),
+            "bytes": sum(x["bytes"] for x in parts),
+            "partitions": parts,
+            "updated": now(),
+        }
         write_atomic(folder / VIEW_FILE, json.dumps(view, indent=1).encode())
     return {"view": str(folder), **view}
 
@@ -174,5 +196,8 @@ class TokenView:
 
     def doc_lengths(self) -> np.ndarray:
         """Tokens per document, all partitions in store order (int64)."""
-        return np.concatenate([self.partition(p).n_tokens for p in range(self.num_partitions)]) \
-            if self.num_partitions else np.zeros(0, np.int64)
+        return (
+            np.concatenate([self.partition(p).n_tokens for p in range(self.num_partitions)])
+            if self.num_partitions
+            else np.zeros(0, np.int64)
+        )

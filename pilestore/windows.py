@@ -195,5 +195,11 @@ def train_view(n_tokens: np.ndarray, seq_len: int, context: int, packing: str = 
     by_bin = np.argsort(bin_of, kind="stable")  # spans of a sample in placement... then document order
     counts = np.bincount(bin_of, minlength=n_bins)
     span_begin = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    return Spans(pieces.doc[by_bin], pieces.eod[by_bin], pieces.start[by_bin], pieces.context[by_bin],
-                 pieces.target[by_bin], span_begin)
+    return Spans(
+        pieces.doc[by_bin],
+        pieces.eod[by_bin],
+        pieces.start[by_bin],
+        pieces.context[by_bin],
+        pieces.target[by_bin],
+        span_begin,
+    )

@@ -61,8 +61,11 @@ def test_eval_view_equals_the_reference_rolling_windows(lengths: list[int], shap
     docs = random_docs(lengths)
     spans = eval_view(np.array(lengths, dtype=np.int64), seq_len, context)
     ours = [materialize(spans, docs, i)[0] for i in range(spans.num_samples)]
-    expected = [(ctx, tgt, d) for d, tokens in enumerate(docs)
-                for ctx, tgt in map(make_disjoint, reference_rolling_windows(tokens, EOD, seq_len, context))]
+    expected = [
+        (ctx, tgt, d)
+        for d, tokens in enumerate(docs)
+        for ctx, tgt in map(make_disjoint, reference_rolling_windows(tokens, EOD, seq_len, context))
+    ]
     assert ours == expected
     assert all(len(c) + len(t) <= seq_len + 1 for c, t, _ in ours)
 
@@ -89,8 +92,9 @@ def check_invariants(spans: Spans, lengths: list[int], seq_len: int, context: in
 
 @settings(deadline=None, max_examples=200)
 @given(doc_lengths, shapes, st.sampled_from(["bestfit", "greedy"]))
-def test_train_view_predicts_every_token_once_with_its_context(lengths: list[int], shape: tuple[int, int],
-                                                                packing: str) -> None:
+def test_train_view_predicts_every_token_once_with_its_context(
+    lengths: list[int], shape: tuple[int, int], packing: str
+) -> None:
     seq_len, context = shape
     spans = train_view(np.array(lengths, dtype=np.int64), seq_len, context, packing)
     check_invariants(spans, lengths, seq_len, context)
@@ -105,7 +109,10 @@ def test_eval_view_predicts_every_token_once(lengths: list[int], shape: tuple[in
 def test_long_documents_carry_exactly_the_context_in_training() -> None:
     spans = train_view(np.array([10]), 4, 2, "greedy")
     assert [(int(s), int(c), int(t)) for s, c, t in zip(spans.start, spans.context, spans.target, strict=True)] == [
-        (0, 0, 4), (2, 2, 3), (5, 2, 3)]
+        (0, 0, 4),
+        (2, 2, 3),
+        (5, 2, 3),
+    ]
 
 
 def test_best_fit_wastes_no_more_than_greedy_on_real_shaped_lengths() -> None:

@@ -47,8 +47,11 @@ def cli(verbose: bool) -> None:
 def _register() -> None:
     from . import ingest as ingest_cmd
     from . import store as store_cmd
+    from . import tokens as tokens_cmd
 
     cli.add_command(ingest_cmd.ingest)
+    for command in (tokens_cmd.train_tokenizer, tokens_cmd.tokenize, tokens_cmd.index):
+        cli.add_command(command)
     for command in (store_cmd.sample, store_cmd.info, store_cmd.verify, store_cmd.export):
         cli.add_command(command)
 

@@ -13,21 +13,56 @@ from .ui import Ui, subset_table
 
 
 @click.command()
-@click.option("--idx", required=True, type=int, help="Global document index (negative counts from the end).")
+@click.option("--idx", required=True, type=int, help="Document (or sample) index; negative counts from the end.")
 @store_option
+@click.option(
+    "--view",
+    "view_kind",
+    type=click.Choice(["doc", "train", "eval"]),
+    default="doc",
+    show_default=True,
+    help="A document, or a training / evaluation sample of the tokenized view.",
+)
+@click.option(
+    "--tokenizer",
+    "tokenizer_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --view: which tokenized view, when the store has several.",
+)
+@click.option("--seq-len", type=int, default=None, help="With --view: which index (when there are several).")
+@click.option("--context", type=int, default=None, help="With --view: which index (when there are several).")
+@click.option("--packing", type=click.Choice(["bestfit", "greedy"]), default=None, help="With --view train.")
 @json_option
-def sample(idx: int, store_dir: Path, json_output: bool) -> None:
-    """Print one document of the store.
+def sample(
+    idx: int,
+    store_dir: Path,
+    view_kind: str,
+    tokenizer_path: Path | None,
+    seq_len: int | None,
+    context: int | None,
+    packing: str | None,
+    json_output: bool,
+) -> None:
+    """Print one document, or one training / evaluation sample, of the store.
 
     \b
     Example:
         pilestore sample --idx 12345 --store pile.store
         pilestore sample --idx -1 --json | jq .meta
+        pilestore sample --idx 7 --view train --json | jq .n_bytes
     """
     from .. import open as open_store
     from ..document import dump_json, encode_text
 
     store = open_store(store_dir)
+    if view_kind != "doc":
+        from .tokens import show_sample
+
+        show_sample(
+            Ui(json_output=json_output), store, idx, view_kind, tokenizer_path, seq_len, context, packing, json_output
+        )
+        return
     try:
         doc = store[idx]
     except IndexError as err:

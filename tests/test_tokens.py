@@ -1,0 +1,240 @@
+"""Tokenizer training, tokenized views and sample indexes, on a real sentencepiece model trained here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pilestore
+from pilestore.cli import cli
+from pilestore.ingest import ingest
+from pilestore.samples import IGNORE, SampleIndex, write_index
+from pilestore.tokenizer import Tokenizer, TokenizerError, TrainSettings, sample_indices, train_tokenizer
+from pilestore.tokens import TokenView, token_dtype, tokenize
+from pilestore.windows import eval_view, train_view
+
+from .conftest import read_source_lines
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> Path:
+    """Two partitions of real sample lines (the first 600 and lines 1200-1500, quirks 2, 296, 577 included)."""
+    lines = read_source_lines(sample_path)
+    folder = tmp_path_factory.mktemp("tokens")
+    shards = []
+    for name, chunk in (("a.jsonl", lines[:600]), ("b.jsonl", lines[1200:1500])):
+        (folder / name).write_bytes(b"\n".join(chunk) + b"\n")
+        shards.append(folder / name)
+    ingest(shards, folder / "small.store")
+    return folder / "small.store"
+
+
+@pytest.fixture(scope="module")
+def model(small_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model") / "tok.model"
+    options = {"vocab_size": 2000, "num_threads": 1}
+    train_tokenizer(pilestore.open(small_store), out, TrainSettings(sample_docs=400, options=options))
+    return out
+
+
+@pytest.fixture(scope="module")
+def view(small_store: Path, model: Path) -> TokenView:
+    result = tokenize(pilestore.open(small_store), model, threads=2)
+    return TokenView(Path(result["view"]))
+
+
+def test_trained_model_has_the_pile_configuration(model: Path) -> None:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    assert sp.get_piece_size() == 2000
+    assert (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (0, 1, -1, -1)
+    assert sp.id_to_piece(0) == "[PAD]" and sp.id_to_piece(1) == "[UNK]" and sp.is_control(sp.piece_to_id("[eod]"))
+
+
+def test_sampling_is_seeded_uniform_and_sorted(small_store: Path) -> None:
+    store = pilestore.open(small_store)
+    a = sample_indices(store, TrainSettings(sample_docs=300, seed=1))
+    assert np.array_equal(a, sample_indices(store, TrainSettings(sample_docs=300, seed=1)))
+    assert not np.array_equal(a, sample_indices(store, TrainSettings(sample_docs=300, seed=2)))
+    assert len(np.unique(a)) == 300 and np.all(np.diff(a) > 0)
+    assert a.min() < 100 and a.max() > 800  # drawn across the whole store, both partitions
+
+
+def test_a_model_without_eod_is_refused(tmp_path: Path, small_store: Path) -> None:
+    out = tmp_path / "noeod.model"
+    train_tokenizer(
+        pilestore.open(small_store),
+        out,
+        TrainSettings(sample_docs=200, options={"vocab_size": 2000, "control_symbols": [], "num_threads": 1}),
+    )
+    with pytest.raises(TokenizerError, match=r"\[eod\]"):
+        Tokenizer(out)
+    (tmp_path / "junk.model").write_bytes(b"not a model")
+    with pytest.raises(TokenizerError, match="not a sentencepiece model"):
+        Tokenizer(tmp_path / "junk.model")
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.text(st.characters(exclude_categories=()), max_size=200))
+def test_byte_ends_cover_the_text_exactly(text: str) -> None:
+    ids, ends = _TOKENIZER[0].encode([text])[0]
+    assert len(ids) == len(ends)
+    if len(ids):
+        assert ends[-1] == len(text.encode("utf-8", "surrogatepass"))
+        assert np.all(np.diff(ends) >= 0) and ends[0] >= 0
+
+
+_TOKENIZER: list[Tokenizer] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _load_tokenizer(model: Path) -> None:
+    _TOKENIZER[:] = [Tokenizer(model)]
+
+
+def test_token_files_hold_each_documents_encoding(view: TokenView, small_store: Path, model: Path) -> None:
+    store, tokenizer = pilestore.open(small_store), Tokenizer(model)
+    assert view.dtype == np.uint16 and view.meta["documents"] == len(store)
+    assert view.meta["bytes"] == sum(p["text_bytes"] for p in store.manifest["partitions"])
+    first = 0
+    for p in range(view.num_partitions):
+        part = view.partition(p)
+        for local in (0, 1, len(part.n_tokens) - 1):
+            ids, ends = tokenizer.encode([store[first + local].text])[0]
+            begin = part.start[local]
+            assert part.tokens[begin : begin + part.n_tokens[local]].tolist() == ids.tolist()
+            assert part.byte_ends[begin : begin + part.n_tokens[local]].tolist() == ends.tolist()
+        first += len(part.n_tokens)
+
+
+def test_tokenizing_again_only_redoes_missing_partitions(view: TokenView, small_store: Path, model: Path) -> None:
+    kept = (view.folder / "p00000.tokens").stat().st_mtime_ns
+    redo = view.folder / "p00001.tokens"
+    before = redo.read_bytes()
+    for suffix in (".done", ".tokens"):
+        (view.folder / f"p00001{suffix}").unlink()
+    tokenize(pilestore.open(small_store), model)
+    assert (view.folder / "p00000.tokens").stat().st_mtime_ns == kept
+    assert redo.read_bytes() == before
+
+
+def test_vocabularies_beyond_uint16_use_uint32() -> None:
+    assert token_dtype(65_536) == np.uint16 and token_dtype(65_537) == np.uint32
+
+
+def test_span_bytes_add_up_to_every_byte_of_every_tokenized_document(view: TokenView) -> None:
+    lengths = view.doc_lengths()
+    n_bytes = np.concatenate([view.partition(p).n_bytes for p in range(view.num_partitions)])
+    for info in (
+        write_index(view, "eval", 128, 32, None, eval_view(lengths, 128, 32)),
+        write_index(view, "train", 128, 32, "bestfit", train_view(lengths, 128, 32)),
+    ):
+        assert info["bytes"] == int(n_bytes[lengths > 0].sum())
+        assert info["target_tokens"] == int(lengths.sum())
+
+
+def test_index_files_are_byte_identical_when_rebuilt(view: TokenView) -> None:
+    lengths = view.doc_lengths()
+    paths = [view.folder / "samples" / f"train-L64-C16-bestfit.{k}.arrow" for k in ("spans", "samples")]
+    write_index(view, "train", 64, 16, "bestfit", train_view(lengths, 64, 16))
+    first = [p.read_bytes() for p in paths]
+    write_index(view, "train", 64, 16, "bestfit", train_view(lengths.copy(), 64, 16))
+    assert [p.read_bytes() for p in paths] == first
+
+
+def test_samples_read_back_as_shifted_inputs_and_labels(view: TokenView) -> None:
+    lengths = view.doc_lengths()
+    write_index(view, "train", 256, 64, "bestfit", train_view(lengths, 256, 64))
+    index = SampleIndex(view, "train-L256-C64-bestfit")
+    total_targets = 0
+    for i in range(len(index)):
+        s = index[i]
+        assert s.input_ids.shape == s.labels.shape == s.position_ids.shape == (256,)
+        assert s.doc_lengths.sum() == 257
+        targets = int((s.labels != IGNORE).sum())
+        assert targets == sum(sp["target"] for sp in s.spans)
+        x = np.concatenate((s.input_ids, s.labels[-1:]))
+        mask = s.labels != IGNORE
+        assert np.array_equal(s.labels[mask], x[1:][mask])  # labels[j] is the token after input_ids[:j + 1]
+        assert s.n_bytes == sum(sp["n_bytes"] for sp in s.spans)
+        total_targets += targets
+    assert total_targets == int(lengths.sum())
+    with pytest.raises(IndexError):
+        index[len(index)]
+
+
+def test_cli_tokenize_index_and_sample_views(small_store: Path, model: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(
+        cli,
+        [
+            "tokenize",
+            "--store",
+            str(small_store),
+            "--tokenizer",
+            str(model),
+            "--seq-len",
+            "256",
+            "--context",
+            "64",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [i["name"] for i in report["indexes"]] == ["eval-L256-C64", "train-L256-C64-bestfit"]
+    result = runner.invoke(
+        cli,
+        ["index", "--store", str(small_store), "--seq-len", "100", "--context", "10", "--packing", "greedy", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    shown = runner.invoke(
+        cli, ["sample", "--store", str(small_store), "--idx", "0", "--view", "eval", "--seq-len", "256", "--json"]
+    )
+    assert shown.exit_code == 0, shown.output
+    sample = json.loads(shown.output)
+    assert sample["spans"][0]["eod"] == 1 and sample["labels"][0] != IGNORE
+    text = runner.invoke(
+        cli, ["sample", "--store", str(small_store), "--idx", "2", "--view", "train", "--seq-len", "256"]
+    )
+    assert text.exit_code == 0 and "targets" in text.output
+    ambiguous = runner.invoke(cli, ["sample", "--store", str(small_store), "--idx", "0", "--view", "eval"])
+    assert ambiguous.exit_code == 1 and "eval indexes match" in ambiguous.output
+
+
+def test_sample_view_on_an_untokenized_store_says_what_to_do(sample_store_dir: Path) -> None:
+    result = CliRunner().invoke(cli, ["sample", "--store", str(sample_store_dir), "--idx", "0", "--view", "train"])
+    assert result.exit_code == 1 and "pilestore tokenize" in result.output
+
+
+def test_train_tokenizer_cli(small_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "t.model"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train-tokenizer",
+            "--store",
+            str(small_store),
+            "--vocab-size",
+            "2000",
+            "--sample-docs",
+            "200",
+            "--byte-fallback",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["options"]["byte_fallback"] is True and Tokenizer(out).vocab_size == 2000
+    bad = CliRunner().invoke(
+        cli, ["train-tokenizer", "--store", str(small_store), "--out", str(out), "--option", "novalue"]
+    )
+    assert bad.exit_code == 2

@@ -4,9 +4,10 @@
     no temp file) --> tok.model
 
 Encoding returns, per document, the token ids and for each token the UTF-8 byte offset where it ends in the
-*original* text: sentencepiece's offset_mapping gives character spans that partition the text (whitespace the
-normalizer removes is counted with the next token), which are turned into byte ends. So the bytes of any run
-of tokens are exact, and a document's tokens cover exactly its UTF-8 bytes (for bits per byte).
+*original* text, read from sentencepiece's serialized protos (pieces.py): piece spans partition the text
+(whitespace the normalizer removes is counted with the next token), so the bytes of any run of tokens are
+exact and a document's tokens cover all its UTF-8 bytes (for bits per byte). A text that yields no token
+(empty or whitespace only) covers none.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from .errors import PilestoreError
 
 EOD_PIECE = "[eod]"
+CHUNK_CHARS = 65536  # longer texts are encoded in pieces cut at whitespace, so threads share a long book
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 PILE_DEFAULTS: dict[str, Any] = {
@@ -145,12 +147,55 @@ class Tokenizer:
         if self._sp.id_to_piece(eod) != EOD_PIECE:
             raise TokenizerError(f"{path}: has no {EOD_PIECE} control symbol; train with control_symbols=[{EOD_PIECE}]")
         self.eod_id = eod
+        self.chunk_chars = CHUNK_CHARS if self._cuts_safely() else 0
+
+    def _cuts_safely(self) -> bool:
+        """Whether this model tokenizes text cut at whitespace as it does the whole (true unless it was trained
+        with split_by_whitespace=false): a probe decides, so no model can silently change its tokens."""
+        probe = "Cut  here,\n\tand there: x=1; y = [2,  3]  # done.\n" * 8 + " tail  "
+        return all(
+            np.array_equal(a, b) for a, b in zip(self._encode(probe, 10**9), self._encode(probe, 16), strict=True)
+        )
+
+    def _encode(self, text: str, chunk_chars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.encode_batch([text], chunk_chars=chunk_chars)
+
+    def encode_batch(
+        self, texts: Sequence[str], threads: int = 1, chunk_chars: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, byte_ends, tokens per text) of a batch, flat: byte_ends[j] = UTF-8 offset where token j ends
+        in its text. sentencepiece spreads the batch over `threads` threads; texts over `chunk_chars` are cut at
+        whitespace first (sentencepiece splits words at whitespace, so the ids and offsets are the same as for
+        the whole text: a test checks it on every long document of the sample corpus)."""
+        from .pieces import decode_batch  # numba: only the tokenizing commands pay for it
+
+        if chunk_chars is None:
+            chunk_chars = self.chunk_chars or 10**18
+        pieces: list[str] = []
+        owner: list[int] = []
+        base: list[int] = []
+        last_end: list[int] = []  # the text's byte length on its final piece, -1 on the others
+        for doc, text in enumerate(texts):
+            clean = for_tokenizer(text)
+            offset = 0
+            for part, final in _cut(clean, chunk_chars):
+                size = len(part.encode("utf-8"))
+                pieces.append(part)
+                owner.append(doc)
+                base.append(offset)
+                last_end.append(size if final else -1)
+                offset += size
+        protos = self._sp.encode(pieces, return_type="serialized_proto", num_threads=threads)
+        ids, ends, piece_counts = decode_batch(protos, np.asarray(last_end, dtype=np.int64))
+        ends += np.repeat(np.asarray(base, dtype=np.int64), piece_counts)
+        counts = np.bincount(np.asarray(owner, dtype=np.int64), weights=piece_counts, minlength=len(texts))
+        return ids, ends, counts.astype(np.int64)
 
     def encode(self, texts: Sequence[str], threads: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(ids int64, byte_end int64) per text: byte_end[j] = UTF-8 offset where token j ends in the text."""
-        clean = [for_tokenizer(t) for t in texts]
-        results = self._sp.encode(clean, return_type="offset_mapping", num_threads=threads)
-        return [_with_byte_ends(text, r["ids"], r["offsets"]) for text, r in zip(clean, results, strict=True)]
+        """(ids, byte_ends) per text (see encode_batch)."""
+        ids, ends, counts = self.encode_batch(texts, threads)
+        bounds = np.concatenate(([0], np.cumsum(counts)))
+        return [(ids[a:b], ends[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
@@ -159,18 +204,15 @@ class Tokenizer:
         return self._sp.id_to_piece(int(token))
 
 
-def _with_byte_ends(text: str, ids: list[int], offsets: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-    token_ids = np.asarray(ids, dtype=np.int64)
-    if not ids:
-        return token_ids, np.zeros(0, dtype=np.int64)
-    char_ends = np.fromiter((end for _, end in offsets), dtype=np.int64, count=len(offsets))
-    if text.isascii():
-        byte_ends = char_ends
-    else:  # UTF-8 length of each character, summed: byte offset after character k
-        codepoints = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        widths = 1 + (codepoints >= 0x80) + (codepoints >= 0x800) + (codepoints >= 0x10000)
-        byte_after = np.concatenate(([0], np.cumsum(widths, dtype=np.int64)))
-        byte_ends = byte_after[char_ends]
-    byte_ends = np.maximum.accumulate(byte_ends)  # ends never go back, whatever the normalizer did
-    byte_ends[-1] = len(text.encode("utf-8", "surrogatepass"))  # the last token takes any trailing bytes
-    return token_ids, byte_ends
+def _cut(text: str, size: int) -> Iterator[tuple[str, bool]]:
+    """(piece, is_last) with pieces of at most ~size characters, cut before a newline or a space."""
+    start = 0
+    while len(text) - start > size:
+        cut = text.rfind("\n", start + size // 2, start + size)
+        if cut < 0:
+            cut = text.rfind(" ", start + size // 2, start + size)
+        if cut < 0:  # no whitespace to cut at: keep the text whole rather than change its tokens
+            break
+        yield text[start:cut], False
+        start = cut
+    yield text[start:], True

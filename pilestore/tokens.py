@@ -75,23 +75,25 @@ def _write_partition(
 
     stem = folder / f"p{p:05d}"
     tmp = {ext: stem.with_suffix(f".{ext}.tmp") for ext in ("tokens", "bytes", "arrow")}
-    starts, counts, sizes = [], [], []
+    starts: list[int] = []
+    counts_list: list[int] = []
+    sizes: list[int] = []
     position = 0
     with open(tmp["tokens"], "wb") as tok_out, open(tmp["bytes"], "wb") as bytes_out:
         batch: list[str] = []
 
         def flush() -> None:
             nonlocal position
-            for ids, ends in tokenizer.encode(batch, threads=threads):
-                if len(ids) and ids.max() >= tokenizer.vocab_size:
-                    raise TokensError(f"token id {ids.max()} outside the vocabulary of {tokenizer.vocab_size}")
-                if len(ends) and ends[-1] >= 1 << 32:
-                    raise TokensError("a document over 4 GiB cannot carry uint32 byte offsets")
-                tok_out.write(ids.astype(dtype).tobytes())
-                bytes_out.write(ends.astype(np.uint32).tobytes())
-                starts.append(position)
-                counts.append(len(ids))
-                position += len(ids)
+            ids, ends, counts = tokenizer.encode_batch(batch, threads=threads)
+            if len(ids) and ids.max() >= tokenizer.vocab_size:
+                raise TokensError(f"token id {ids.max()} outside the vocabulary of {tokenizer.vocab_size}")
+            if len(ends) and ends.max() >= 1 << 32:
+                raise TokensError("a document over 4 GiB cannot carry uint32 byte offsets")
+            tok_out.write(ids.astype(dtype).tobytes())
+            bytes_out.write(ends.astype(np.uint32).tobytes())
+            starts.extend((position + np.concatenate(([0], np.cumsum(counts)[:-1]))).tolist())
+            counts_list.extend(counts.tolist())
+            position += len(ids)
             on_docs(len(batch))
             batch.clear()
 
@@ -100,14 +102,15 @@ def _write_partition(
             sizes.append(len(document.text.encode("utf-8", "surrogatepass")))
             if len(batch) >= BATCH_DOCS:
                 flush()
-        flush()
+        if batch:
+            flush()
         for fh in (tok_out, bytes_out):
             fh.flush()
             os.fsync(fh.fileno())
     table = pa.table(
         {
             "start": pa.array(starts, pa.int64()),
-            "n_tokens": pa.array(counts, pa.int64()),
+            "n_tokens": pa.array(counts_list, pa.int64()),
             "n_bytes": pa.array(sizes, pa.int64()),
         }
     )
@@ -117,7 +120,7 @@ def _write_partition(
         os.fsync(fh.fileno())
     for ext, path in tmp.items():
         os.replace(path, stem.with_suffix(f".{ext}"))
-    done = {"documents": len(counts), "tokens": position, "bytes": int(sum(sizes))}
+    done = {"documents": len(counts_list), "tokens": position, "bytes": int(sum(sizes))}
     write_atomic(stem.with_suffix(".done"), json.dumps(done).encode())
     return done
 

@@ -238,3 +238,13 @@ def test_train_tokenizer_cli(small_store: Path, tmp_path: Path) -> None:
         cli, ["train-tokenizer", "--store", str(small_store), "--out", str(out), "--option", "novalue"]
     )
     assert bad.exit_code == 2
+
+
+def test_long_texts_cut_for_threads_give_the_same_tokens_and_offsets(sample_records: list[dict], model: Path) -> None:
+    tokenizer = Tokenizer(model)
+    long_texts = [r["text"] for r in sample_records if len(r["text"]) > 20_000][:40]
+    assert len(long_texts) >= 20
+    whole = tokenizer.encode_batch(long_texts, chunk_chars=10**9)
+    cut = tokenizer.encode_batch(long_texts, threads=2, chunk_chars=4096)
+    for a, b in zip(whole, cut, strict=True):
+        assert np.array_equal(a, b)

@@ -148,6 +148,10 @@ def _best_fit(sizes, order, capacity):  # pragma: no cover - compiled
     n_bins = 0
     for piece in order:
         s = sizes[piece]
+        if s == capacity:  # a full window fills a sample alone: no search
+            bin_of[piece] = n_bins
+            n_bins += 1
+            continue
         c = _first_at_least(tree, leaves, s)
         if c >= 0:
             b = head[c]
@@ -179,6 +183,42 @@ def _next_fit(sizes, capacity):  # pragma: no cover - compiled
         bin_of[i] = b
         room -= sizes[i]
     return bin_of, b + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _largest_first(sizes, capacity):  # pragma: no cover - compiled
+    """Stable order of pieces by size, largest first: a counting sort (sizes are 1..capacity)."""
+    count = np.zeros(capacity + 2, np.int64)
+    for s in sizes:
+        count[capacity - s] += 1
+    at = np.zeros(capacity + 2, np.int64)
+    for v in range(1, capacity + 2):
+        at[v] = at[v - 1] + count[v - 1]
+    order = np.empty(len(sizes), np.int64)
+    for i in range(len(sizes)):
+        v = capacity - sizes[i]
+        order[at[v]] = i
+        at[v] += 1
+    return order
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_by_bin(bin_of, n_bins, doc, eod, start, ctx, tgt):  # pragma: no cover - compiled
+    """Spans grouped by sample (stable within a sample) and where each sample's spans begin."""
+    begin = np.zeros(n_bins + 1, np.int64)
+    for b in bin_of:
+        begin[b + 1] += 1
+    for b in range(n_bins):
+        begin[b + 1] += begin[b]
+    at = begin[:-1].copy()
+    n = len(bin_of)
+    o_doc, o_eod, o_start = np.empty(n, np.int64), np.empty(n, np.uint8), np.empty(n, np.int64)
+    o_ctx, o_tgt = np.empty(n, np.int32), np.empty(n, np.int32)
+    for i in range(n):
+        k = at[bin_of[i]]
+        at[bin_of[i]] += 1
+        o_doc[k], o_eod[k], o_start[k], o_ctx[k], o_tgt[k] = doc[i], eod[i], start[i], ctx[i], tgt[i]
+    return o_doc, o_eod, o_start, o_ctx, o_tgt, begin
 
 
 def train_view(n_tokens: np.ndarray, seq_len: int, context: int, packing: str = "bestfit") -> Spans:

@@ -165,6 +165,33 @@ def tokenize(
     return {"view": str(folder), **view}
 
 
+def subset_stats(store: Store, view: TokenView) -> dict[str, dict[str, float]]:
+    """Documents, tokens, bytes and tokens per byte per subset (from the store index and the view's tables)."""
+    tokens: dict[str, int] = {}
+    nbytes: dict[str, int] = {}
+    docs: dict[str, int] = {}
+    for p in range(store.num_partitions):
+        names = store.manifest["partitions"][p]["subsets"]
+        local = store.index(p).subset
+        part = view.partition(p)
+        per_tokens = np.bincount(local, weights=part.n_tokens, minlength=len(names))
+        per_bytes = np.bincount(local, weights=part.n_bytes, minlength=len(names))
+        per_docs = np.bincount(local, minlength=len(names))
+        for k, name in enumerate(names):
+            tokens[name] = tokens.get(name, 0) + int(per_tokens[k])
+            nbytes[name] = nbytes.get(name, 0) + int(per_bytes[k])
+            docs[name] = docs.get(name, 0) + int(per_docs[k])
+    return {
+        name: {
+            "documents": docs[name],
+            "tokens": tokens[name],
+            "bytes": nbytes[name],
+            "tokens_per_byte": round(tokens[name] / nbytes[name], 4) if nbytes[name] else 0.0,
+        }
+        for name in sorted(tokens)
+    }
+
+
 class TokenView:
     """A complete tokenized view, memory-mapped: per-partition token ids, byte ends and document table."""
 

@@ -190,6 +190,10 @@ def test_cli_tokenize_index_and_sample_views(small_store: Path, model: Path) -> 
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert [i["name"] for i in report["indexes"]] == ["eval-L256-C64", "train-L256-C64-bestfit"]
+    store = pilestore.open(small_store)
+    assert {k: v["documents"] for k, v in report["subsets"].items()} == store.subsets
+    assert sum(v["tokens"] for v in report["subsets"].values()) == report["tokens"]
+    assert all(0 < v["tokens_per_byte"] < 1 for v in report["subsets"].values())
     result = runner.invoke(
         cli,
         ["index", "--store", str(small_store), "--seq-len", "100", "--context", "10", "--packing", "greedy", "--json"],

@@ -185,21 +185,33 @@ def tokenize(
         pilestore tokenize --store pile.store --tokenizer tok.model --seq-len 2048 --context 512 --workers 2
     """
     from .. import open as open_store
-    from ..tokens import TokenView
+    from ..tokens import TokenView, subset_stats
     from ..tokens import tokenize as run_tokenize
 
     ui = Ui(json_output=json_output, quiet=quiet)
     store = open_store(store_dir)
     with ui.docs_progress("tokenize", len(store)) as advance:
         result = run_tokenize(store, tokenizer_path, threads=workers, on_docs=advance)
-    infos = build_indexes(TokenView(Path(result["view"])), seq_len, context, packing)
+    view = TokenView(Path(result["view"]))
+    infos = build_indexes(view, seq_len, context, packing)
+    subsets = subset_stats(store, view)
     if json_output:
-        ui.emit_json({**{k: v for k, v in result.items() if k != "partitions"}, "indexes": infos})
+        ui.emit_json({**{k: v for k, v in result.items() if k != "partitions"}, "subsets": subsets, "indexes": infos})
         return
-    ui.out.print(
+    from rich.table import Table
+
+    title = (
         f"{result['documents']:,} documents -> {result['tokens']:,} tokens "
         f"({result['tokens'] / max(1, result['bytes']):.3f} tokens per byte) in {result['view']}"
     )
+    table = Table(title=title, title_justify="left")
+    for name in ("subset", "documents", "tokens", "MB", "tokens per byte"):
+        table.add_column(name, justify="left" if name == "subset" else "right")
+    for name, v in subsets.items():
+        table.add_row(
+            name, f"{v['documents']:,}", f"{v['tokens']:,}", f"{v['bytes'] / 1e6:,.2f}", f"{v['tokens_per_byte']:.3f}"
+        )
+    ui.out.print(table)
     _print_indexes(ui, infos)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from .errors import PilestoreError
 
 EOD_PIECE = "[eod]"
+HF_EOD_PIECES = (EOD_PIECE, "<|endoftext|>", "</s>")  # end-of-document token of a Hugging Face tokenizer.json
 CHUNK_CHARS = 65536  # longer texts are encoded in pieces cut at whitespace, so threads share a long book
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -126,17 +127,24 @@ def train_tokenizer(store: Any, out: Path, settings: TrainSettings) -> dict[str,
 
 
 class Tokenizer:
-    """A loaded tokenizer: `encode(texts)` -> per text (ids, byte ends); `eod_id`, `vocab_size`, `sha256`."""
+    """A loaded tokenizer: `encode(texts)` -> per text (ids, byte ends); `eod_id`, `vocab_size`, `sha256`.
+
+    A sentencepiece .model, or a Hugging Face tokenizer.json (told apart by content; needs the `hf` extra).
+    """
 
     def __init__(self, path: Path) -> None:
-        import sentencepiece as spm
-
         self.path = Path(path)
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             raise TokenizerError(f"{path}: no such tokenizer file") from None
         self.sha256 = hashlib.sha256(data).hexdigest()
+        self._hf: Any = None
+        if data.lstrip()[:1] == b"{":  # a Hugging Face tokenizer.json
+            self._load_hf(data)
+            return
+        import sentencepiece as spm
+
         self._sp = spm.SentencePieceProcessor()
         try:
             self._sp.load_from_serialized_proto(data)
@@ -148,6 +156,50 @@ class Tokenizer:
             raise TokenizerError(f"{path}: has no {EOD_PIECE} control symbol; train with control_symbols=[{EOD_PIECE}]")
         self.eod_id = eod
         self.chunk_chars = CHUNK_CHARS if self._cuts_safely() else 0
+
+    def _load_hf(self, data: bytes) -> None:
+        try:
+            from tokenizers import Tokenizer as HFTokenizer
+        except ImportError:
+            raise TokenizerError(
+                f"{self.path}: a Hugging Face tokenizer.json needs the `tokenizers` package: "
+                "pip install 'pilestore[hf]'"
+            ) from None
+        try:
+            self._hf = HFTokenizer.from_str(data.decode("utf-8"))
+        except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exception on bad files
+            raise TokenizerError(f"{self.path}: not a Hugging Face tokenizer.json ({err})") from err
+        self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
+        for piece in HF_EOD_PIECES:
+            eod = self._hf.token_to_id(piece)
+            if eod is not None:
+                self.eod_id = eod
+                break
+        else:
+            raise TokenizerError(f"{self.path}: no end-of-document token (looked for {', '.join(HF_EOD_PIECES)})")
+        self.chunk_chars = 0  # encoded whole: its pre-tokenizer may not split at whitespace
+
+    def _encode_hf(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Hugging Face encodings: character offsets turned into byte ends, as for sentencepiece."""
+        from .pieces import fix_ends
+
+        clean = [for_tokenizer(t) for t in texts]
+        encodings = self._hf.encode_batch(clean, add_special_tokens=False)
+        ids, ends, counts, sizes = [], [], [], []
+        for text, enc in zip(clean, encodings, strict=True):
+            char_ends = np.fromiter((end for _, end in enc.offsets), dtype=np.int64, count=len(enc.offsets))
+            if not text.isascii():
+                widths = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+                widths = 1 + (widths >= 0x80) + (widths >= 0x800) + (widths >= 0x10000)
+                char_ends = np.concatenate(([0], np.cumsum(widths, dtype=np.int64)))[char_ends]
+            ids.append(np.asarray(enc.ids, dtype=np.int64))
+            ends.append(char_ends)
+            counts.append(len(enc.ids))
+            sizes.append(len(text.encode("utf-8")))
+        flat_ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+        count_array = np.asarray(counts, dtype=np.int64)
+        fix_ends(flat_ends, count_array, np.asarray(sizes, dtype=np.int64))
+        return (np.concatenate(ids) if ids else np.zeros(0, np.int64)), flat_ends, count_array
 
     def _cuts_safely(self) -> bool:
         """Whether this model tokenizes text cut at whitespace as it does the whole (true unless it was trained
@@ -169,6 +221,8 @@ class Tokenizer:
         the whole text: a test checks it on every long document of the sample corpus)."""
         from .pieces import decode_batch  # numba: only the tokenizing commands pay for it
 
+        if self._hf is not None:
+            return self._encode_hf(texts)
         if chunk_chars is None:
             chunk_chars = self.chunk_chars or 10**18
         pieces: list[str] = []
@@ -198,10 +252,9 @@ class Tokenizer:
         return [(ids[a:b], ends[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def decode(self, ids: Sequence[int]) -> str:
+        if self._hf is not None:
+            return self._hf.decode([int(i) for i in ids], skip_special_tokens=False)
         return self._sp.decode([int(i) for i in ids])
-
-    def id_to_piece(self, token: int) -> str:
-        return self._sp.id_to_piece(int(token))
 
 
 def _cut(text: str, size: int) -> Iterator[tuple[str, bool]]:

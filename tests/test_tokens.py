@@ -252,3 +252,48 @@ def test_long_texts_cut_for_threads_give_the_same_tokens_and_offsets(sample_reco
     cut = tokenizer.encode_batch(long_texts, threads=2, chunk_chars=4096)
     for a, b in zip(whole, cut, strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer_json(small_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real byte-level BPE tokenizer.json trained with the tokenizers library on the small store."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    store = pilestore.open(small_store)
+    tok.train_from_iterator((store[i].text.encode("utf-8", "replace").decode() for i in range(300)), trainer)
+    path = tmp_path_factory.mktemp("hf") / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+def test_hugging_face_tokenizer_json_is_accepted(
+    hf_tokenizer_json: Path, small_store: Path, sample_records: list[dict]
+) -> None:
+    tokenizer = Tokenizer(hf_tokenizer_json)
+    assert tokenizer.eod_id == 0 and tokenizer.vocab_size == 1000
+    texts = [r["text"] for r in sample_records[:300]]
+    for text, (ids, ends) in zip(texts, tokenizer.encode(texts), strict=True):
+        if len(ids):
+            assert ends[-1] == len(text.encode("utf-8", "surrogatepass")) and np.all(np.diff(ends) >= 0)
+    assert tokenizer.decode(tokenizer.encode(["hello wörld"])[0][0]) == "hello wörld"
+    result = tokenize(pilestore.open(small_store), hf_tokenizer_json)
+    assert Path(result["view"]).name.startswith("tokenizer-") and result["documents"] == len(
+        pilestore.open(small_store)
+    )
+
+
+def test_a_tokenizer_json_without_an_eod_token_is_refused(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    path = tmp_path / "tokenizer.json"
+    HFTokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(path))
+    with pytest.raises(TokenizerError, match="end-of-document"):
+        Tokenizer(path)

@@ -16,6 +16,7 @@ train view: the same first and full windows (each fills a sample alone); the las
 document keeps exactly C context tokens instead of filling up, and short documents are one span with [eod].
 These pieces are packed into samples of L + 1 tokens: best-fit decreasing (Ding et al. 2024) or greedy
 next-fit in document order. A piece is never split, so no document is truncated; unused slots are padding.
+Within a sample, spans come in the order they were placed.
 """
 
 from __future__ import annotations
@@ -135,8 +136,9 @@ def _tree_add(tree, leaves, c, delta):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_fit(sizes, order, capacity):  # pragma: no cover - compiled
-    """Bin of each piece, placed in `order` into the open bin with the least room that still fits it."""
+def _best_fit(sizes, capacity):  # pragma: no cover - compiled
+    """Bin of each piece, taken in the given order (largest first), placed into the open bin with the least
+    room that still fits it. Pieces come pre-sorted: reading them in memory order is 4x faster."""
     leaves = 1
     while leaves < capacity + 1:
         leaves *= 2
@@ -146,7 +148,7 @@ def _best_fit(sizes, order, capacity):  # pragma: no cover - compiled
     room = np.zeros(len(sizes), np.int64)
     bin_of = np.empty(len(sizes), np.int64)
     n_bins = 0
-    for piece in order:
+    for piece in range(len(sizes)):
         s = sizes[piece]
         if s == capacity:  # a full window fills a sample alone: no search
             bin_of[piece] = n_bins
@@ -203,8 +205,9 @@ def _largest_first(sizes, capacity):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_by_bin(bin_of, n_bins, doc, eod, start, ctx, tgt):  # pragma: no cover - compiled
-    """Spans grouped by sample (stable within a sample) and where each sample's spans begin."""
+def _gather_by_bin(order, bin_of, n_bins, doc, eod, start, ctx, tgt):  # pragma: no cover - compiled
+    """Spans grouped by sample, in placement order within a sample, and where each sample's spans begin.
+    Piece k of the placement order is span order[k] and went into sample bin_of[k]."""
     begin = np.zeros(n_bins + 1, np.int64)
     for b in bin_of:
         begin[b + 1] += 1
@@ -214,10 +217,11 @@ def _gather_by_bin(bin_of, n_bins, doc, eod, start, ctx, tgt):  # pragma: no cov
     n = len(bin_of)
     o_doc, o_eod, o_start = np.empty(n, np.int64), np.empty(n, np.uint8), np.empty(n, np.int64)
     o_ctx, o_tgt = np.empty(n, np.int32), np.empty(n, np.int32)
-    for i in range(n):
-        k = at[bin_of[i]]
-        at[bin_of[i]] += 1
-        o_doc[k], o_eod[k], o_start[k], o_ctx[k], o_tgt[k] = doc[i], eod[i], start[i], ctx[i], tgt[i]
+    for k in range(n):
+        i = order[k]
+        j = at[bin_of[k]]
+        at[bin_of[k]] += 1
+        o_doc[j], o_eod[j], o_start[j], o_ctx[j], o_tgt[j] = doc[i], eod[i], start[i], ctx[i], tgt[i]
     return o_doc, o_eod, o_start, o_ctx, o_tgt, begin
 
 
@@ -228,18 +232,11 @@ def train_view(n_tokens: np.ndarray, seq_len: int, context: int, packing: str = 
     pieces = windows(n_tokens, seq_len, context, tails_keep_context=True)
     sizes = pieces.eod.astype(np.int64) + pieces.context + pieces.target
     if packing == "bestfit":
-        order = np.argsort(-sizes, kind="stable")  # largest first; ties keep document order
-        bin_of, n_bins = _best_fit(sizes, order, seq_len + 1)
+        order = _largest_first(sizes, seq_len + 1)  # ties keep document order
+        bin_of, n_bins = _best_fit(sizes[order], seq_len + 1)
     else:
+        order = np.arange(len(sizes), dtype=np.int64)
         bin_of, n_bins = _next_fit(sizes, seq_len + 1)
-    by_bin = np.argsort(bin_of, kind="stable")  # spans of a sample in placement... then document order
-    counts = np.bincount(bin_of, minlength=n_bins)
-    span_begin = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     return Spans(
-        pieces.doc[by_bin],
-        pieces.eod[by_bin],
-        pieces.start[by_bin],
-        pieces.context[by_bin],
-        pieces.target[by_bin],
-        span_begin,
+        *_gather_by_bin(order, bin_of, n_bins, pieces.doc, pieces.eod, pieces.start, pieces.context, pieces.target)
     )

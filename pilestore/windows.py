@@ -234,9 +234,11 @@ def train_view(n_tokens: np.ndarray, seq_len: int, context: int, packing: str = 
     if packing == "bestfit":
         order = _largest_first(sizes, seq_len + 1)  # ties keep document order
         bin_of, n_bins = _best_fit(sizes[order], seq_len + 1)
-    else:
-        order = np.arange(len(sizes), dtype=np.int64)
+    else:  # next-fit keeps document order: the spans are already grouped by sample
         bin_of, n_bins = _next_fit(sizes, seq_len + 1)
+        begin = np.zeros(n_bins + 1, dtype=np.int64)
+        np.cumsum(np.bincount(bin_of, minlength=n_bins), out=begin[1:])
+        return Spans(pieces.doc, pieces.eod, pieces.start, pieces.context, pieces.target, begin)
     return Spans(
         *_gather_by_bin(order, bin_of, n_bins, pieces.doc, pieces.eod, pieces.start, pieces.context, pieces.target)
     )

@@ -6,21 +6,14 @@ from pathlib import Path
 
 import click
 
-from .options import json_option, quiet_option, store_option
+from .options import json_option, quiet_option, store_option, workers_option
 from .ui import Ui, subset_table
 
 
 @click.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @store_option
-@click.option(
-    "--workers",
-    "-j",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Sources ingested at once, each in its own process.",
-)
+@workers_option("Sources ingested at once, each in its own process.")
 @click.option(
     "--threads", default=None, type=click.IntRange(min=1), help="zstd threads per worker  [default: cores / workers]"
 )

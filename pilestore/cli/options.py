@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 store_option = click.option(
     "--store",
@@ -17,3 +21,8 @@ store_option = click.option(
 )
 json_option = click.option("--json", "json_output", is_flag=True, help="Print the result as JSON on stdout.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes.")
+
+
+def workers_option(help_text: str) -> Callable[[F], F]:
+    """--workers/-j, at least 1; each command says what a worker is."""
+    return click.option("--workers", "-j", default=1, show_default=True, type=click.IntRange(min=1), help=help_text)

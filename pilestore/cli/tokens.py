@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import PilestoreError
-from .options import json_option, quiet_option, store_option
+from .options import json_option, quiet_option, store_option, workers_option
 from .ui import Ui
 
 tokenizer_option = click.option(
@@ -156,14 +156,7 @@ def train_tokenizer(
 @seq_len_option
 @context_option
 @packing_option
-@click.option(
-    "--workers",
-    "-j",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Threads that encode documents in parallel.",
-)
+@workers_option("Threads that encode documents in parallel.")
 @json_option
 @quiet_option
 def tokenize(

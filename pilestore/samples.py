@@ -2,8 +2,10 @@
 
     tokens/<view>/samples/<kind>-L<seq_len>-C<context>[-<packing>].{spans,samples}.arrow + .json (written last)
 
-spans:   doc int64, eod uint8, start int64, context int32, target int32, n_bytes int64
-samples: span_begin int64, n_spans int32, n_tokens int32 (x-tokens used of seq_len + 1), n_bytes int64
+spans:   doc int64, eod uint8, start int64, context int32, target int32, n_bytes int64 (document order),
+         by_sample int64 (a permutation: the spans in sample order)
+samples: span_begin int64 (into by_sample), n_spans int32, n_tokens int32 (x-tokens used of seq_len + 1),
+         n_bytes int64
 
 n_bytes of a span: the UTF-8 bytes of the original text its target tokens cover, exactly: the tokenized view
 stores where each token ends in its document's text (tokenizer.py), so bytes(targets j..k) =
@@ -66,7 +68,8 @@ def write_index(
     n_bytes = span_bytes(view, spans.doc, spans.start, spans.context, spans.target)
     begin = spans.span_begin
     n_spans = np.diff(begin).astype(np.int32)
-    sample_bytes = np.add.reduceat(n_bytes, begin[:-1]) if len(n_bytes) else np.zeros(0, np.int64)
+    by_sample = spans.order()
+    sample_bytes = np.add.reduceat(n_bytes[by_sample], begin[:-1]) if len(n_bytes) else np.zeros(0, np.int64)
     sample_tokens = spans.sample_tokens().astype(np.int32)
     tables = {
         "spans": pa.table(
@@ -77,6 +80,7 @@ def write_index(
                 "context": spans.context,
                 "target": spans.target,
                 "n_bytes": n_bytes,
+                "by_sample": by_sample,
             }
         ),
         "samples": pa.table(
@@ -160,7 +164,7 @@ class SampleIndex:
         positions = np.zeros(size, dtype=np.int64)
         lengths, spans = [], []
         at = 0
-        for k in range(first, first + count):
+        for k in self.spans["by_sample"][first : first + count]:
             doc = int(self.spans["doc"][k])
             eod, start = int(self.spans["eod"][k]), int(self.spans["start"][k])
             context, target = int(self.spans["context"][k]), int(self.spans["target"][k])

@@ -31,7 +31,8 @@ PACKINGS = ("bestfit", "greedy")
 
 @dataclass(frozen=True, slots=True)
 class Spans:
-    """Spans and the samples made of them: sample i is spans[span_begin[i] : span_begin[i + 1]]."""
+    """Spans in document order, and the samples made of them: sample i is the spans
+    by_sample[span_begin[i] : span_begin[i + 1]] (by_sample None: the identity, spans already grouped)."""
 
     doc: np.ndarray  # int64
     eod: np.ndarray  # uint8: the span starts with [eod] (its document's first window)
@@ -39,14 +40,21 @@ class Spans:
     context: np.ndarray  # int32
     target: np.ndarray  # int32
     span_begin: np.ndarray  # int64, n_samples + 1
+    by_sample: np.ndarray | None = None  # int64 permutation of the spans
 
     @property
     def num_samples(self) -> int:
         return len(self.span_begin) - 1
 
+    def order(self) -> np.ndarray:
+        """The spans in sample order (by_sample, or the identity)."""
+        return self.by_sample if self.by_sample is not None else np.arange(len(self.doc), dtype=np.int64)
+
     def sample_tokens(self) -> np.ndarray:
         """x-tokens used by each sample (the rest up to seq_len + 1 is padding)."""
         per_span = self.eod.astype(np.int64) + self.context + self.target
+        if self.by_sample is not None:
+            per_span = per_span[self.by_sample]
         return np.add.reduceat(per_span, self.span_begin[:-1]) if len(per_span) else np.zeros(0, np.int64)
 
 
@@ -205,8 +213,8 @@ def _largest_first(sizes, capacity):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_by_bin(order, bin_of, n_bins, doc, eod, start, ctx, tgt):  # pragma: no cover - compiled
-    """Spans grouped by sample, in placement order within a sample, and where each sample's spans begin.
+def _group_by_bin(order, bin_of, n_bins):  # pragma: no cover - compiled
+    """Span indices grouped by sample (placement order within a sample) and where each sample begins.
     Piece k of the placement order is span order[k] and went into sample bin_of[k]."""
     begin = np.zeros(n_bins + 1, np.int64)
     for b in bin_of:
@@ -214,15 +222,11 @@ def _gather_by_bin(order, bin_of, n_bins, doc, eod, start, ctx, tgt):  # pragma:
     for b in range(n_bins):
         begin[b + 1] += begin[b]
     at = begin[:-1].copy()
-    n = len(bin_of)
-    o_doc, o_eod, o_start = np.empty(n, np.int64), np.empty(n, np.uint8), np.empty(n, np.int64)
-    o_ctx, o_tgt = np.empty(n, np.int32), np.empty(n, np.int32)
-    for k in range(n):
-        i = order[k]
-        j = at[bin_of[k]]
+    by_sample = np.empty(len(bin_of), np.int64)
+    for k in range(len(bin_of)):
+        by_sample[at[bin_of[k]]] = order[k]
         at[bin_of[k]] += 1
-        o_doc[j], o_eod[j], o_start[j], o_ctx[j], o_tgt[j] = doc[i], eod[i], start[i], ctx[i], tgt[i]
-    return o_doc, o_eod, o_start, o_ctx, o_tgt, begin
+    return by_sample, begin
 
 
 def train_view(n_tokens: np.ndarray, seq_len: int, context: int, packing: str = "bestfit") -> Spans:
@@ -234,11 +238,10 @@ def train_view(n_tokens: np.ndarray, seq_len: int, context: int, packing: str = 
     if packing == "bestfit":
         order = _largest_first(sizes, seq_len + 1)  # ties keep document order
         bin_of, n_bins = _best_fit(sizes[order], seq_len + 1)
-    else:  # next-fit keeps document order: the spans are already grouped by sample
-        bin_of, n_bins = _next_fit(sizes, seq_len + 1)
-        begin = np.zeros(n_bins + 1, dtype=np.int64)
-        np.cumsum(np.bincount(bin_of, minlength=n_bins), out=begin[1:])
-        return Spans(pieces.doc, pieces.eod, pieces.start, pieces.context, pieces.target, begin)
-    return Spans(
-        *_gather_by_bin(order, bin_of, n_bins, pieces.doc, pieces.eod, pieces.start, pieces.context, pieces.target)
-    )
+        by_sample, begin = _group_by_bin(order, bin_of, n_bins)
+        return Spans(pieces.doc, pieces.eod, pieces.start, pieces.context, pieces.target, begin, by_sample)
+    # next-fit keeps document order: the spans are already grouped by sample
+    bin_of, n_bins = _next_fit(sizes, seq_len + 1)
+    begin = np.zeros(n_bins + 1, dtype=np.int64)
+    np.cumsum(np.bincount(bin_of, minlength=n_bins), out=begin[1:])
+    return Spans(pieces.doc, pieces.eod, pieces.start, pieces.context, pieces.target, begin)

@@ -38,7 +38,8 @@ def make_disjoint(window: tuple[list[int], list[int]]) -> tuple[list[int], list[
 def materialize(spans: Spans, docs: list[list[int]], i: int) -> list[tuple[list[int], list[int], int]]:
     """(context tokens, target tokens, doc) per span of sample i; [eod] counts as context."""
     out = []
-    for k in range(spans.span_begin[i], spans.span_begin[i + 1]):
+    order = spans.order()
+    for k in order[spans.span_begin[i] : spans.span_begin[i + 1]]:
         d, s, c, t = int(spans.doc[k]), int(spans.start[k]), int(spans.context[k]), int(spans.target[k])
         prefix = [EOD] if spans.eod[k] else []
         out.append((prefix + docs[d][s : s + c], docs[d][s + c : s + c + t], d))
@@ -127,7 +128,7 @@ def test_best_fit_wastes_no_more_than_greedy_on_real_shaped_lengths() -> None:
 def test_views_are_deterministic() -> None:
     lengths = np.random.default_rng(1).integers(0, 5000, 2000)
     a, b = train_view(lengths, 1024, 128), train_view(lengths.copy(), 1024, 128)
-    for name in ("doc", "eod", "start", "context", "target", "span_begin"):
+    for name in ("doc", "eod", "start", "context", "target", "span_begin", "by_sample"):
         assert np.array_equal(getattr(a, name), getattr(b, name))
 
 

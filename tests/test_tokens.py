@@ -297,3 +297,44 @@ def test_a_tokenizer_json_without_an_eod_token_is_refused(tmp_path: Path) -> Non
     HFTokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(path))
     with pytest.raises(TokenizerError, match="end-of-document"):
         Tokenizer(path)
+
+
+def test_a_killed_tokenize_resumes_to_identical_files(
+    small_store: Path, model: Path, tmp_path: Path, view: TokenView
+) -> None:
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store_dir = tmp_path / "copy.store"
+    shutil.copytree(small_store, store_dir, ignore=shutil.ignore_patterns("tokens"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "pilestore",
+        "tokenize",
+        "--store",
+        str(store_dir),
+        "--tokenizer",
+        str(model),
+        "--seq-len",
+        "128",
+        "--context",
+        "32",
+        "-q",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(store_dir.glob("tokens/*/p0000*.tokens.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    folder = next((store_dir / "tokens").iterdir())
+    assert not (folder / "view.json").exists()  # no view that looks complete
+    assert subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode == 0
+    for name in ("p00000.tokens", "p00000.bytes", "p00001.tokens", "p00001.bytes"):
+        assert (folder / name).read_bytes() == (view.folder / name).read_bytes()
+    assert not list(folder.glob("*.tmp"))

@@ -56,16 +56,19 @@ def find_view(store: Any, tokenizer_path: Path | None) -> Any:
 
 
 def build_indexes(view: Any, seq_len: int, context: int, packing: str) -> list[dict[str, Any]]:
+    """Eval and train indexes for (seq_len, context), written under the store's writer lock."""
+    from ..manifest import writer_lock
     from ..samples import write_index
     from ..windows import eval_view, train_view
 
     if context > seq_len:
         raise click.BadParameter(f"--context {context} must not exceed --seq-len {seq_len}")
     lengths = view.doc_lengths()
-    return [
-        write_index(view, "eval", seq_len, context, None, eval_view(lengths, seq_len, context)),
-        write_index(view, "train", seq_len, context, packing, train_view(lengths, seq_len, context, packing)),
-    ]
+    with writer_lock(view.folder.parent.parent):  # store/tokens/<view>: one writer at a time
+        return [
+            write_index(view, "eval", seq_len, context, None, eval_view(lengths, seq_len, context)),
+            write_index(view, "train", seq_len, context, packing, train_view(lengths, seq_len, context, packing)),
+        ]
 
 
 def _print_indexes(ui: Ui, infos: list[dict[str, Any]]) -> None:

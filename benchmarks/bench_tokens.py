@@ -163,7 +163,7 @@ def bench_index(view: TokenView, docs: int) -> None:
 def _count(lengths: np.ndarray, kind: str) -> int:
     from pilestore.windows import _count_windows
 
-    return _count_windows(lengths, 2048, 512, int(kind == "train"))
+    return _count_windows(lengths, 2048, 512)
 
 
 def bench_packing(view: TokenView) -> None:

@@ -60,14 +60,6 @@ class _Partition:
             local.decompressor = Decompressor(self.dictionaries)
         return local
 
-    @property
-    def cursor(self) -> apsw.Cursor:
-        return self.thread_state().cursor
-
-    @property
-    def decompressor(self) -> Decompressor:
-        return self.thread_state().decompressor
-
     def rest(self, rest_id: int) -> str:
         """An interned rest JSON (cached: few distinct values repeat across many documents)."""
         found = self.rests.get(rest_id)

@@ -71,7 +71,7 @@ def _check_rows(store: Store, p: int, report: VerifyReport, on_document: Callabl
                 problem = "index entry differs from the partition row"
             else:
                 try:
-                    data = part.decompressor.decompress(codec, stored, size)
+                    data = part.thread_state().decompressor.decompress(codec, stored, size)
                     if checksum(data) != digest:
                         problem = "text does not match its checksum"
                 except StoreFormatError as err:

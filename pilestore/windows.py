@@ -68,7 +68,7 @@ def _check(n_tokens: np.ndarray, seq_len: int, context: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _count_windows(lengths, seq_len, context, tails_keep_context):  # pragma: no cover - compiled
+def _count_windows(lengths, seq_len, context):  # pragma: no cover - compiled
     pred = seq_len - context + 1
     total = 0
     for n in lengths:
@@ -103,7 +103,7 @@ def _windows(lengths, seq_len, context, tails_keep_context, doc, eod, start, ctx
 def windows(n_tokens: np.ndarray, seq_len: int, context: int, *, tails_keep_context: bool) -> Spans:
     """One span per window of every document (one sample per span)."""
     lengths = _check(n_tokens, seq_len, context)
-    total = _count_windows(lengths, seq_len, context, int(tails_keep_context))
+    total = _count_windows(lengths, seq_len, context)
     doc, start = np.empty(total, np.int64), np.empty(total, np.int64)
     eod = np.empty(total, np.uint8)
     ctx, tgt = np.empty(total, np.int32), np.empty(total, np.int32)

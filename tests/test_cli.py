@@ -111,3 +111,23 @@ def test_verify_and_export_commands(sample_store_dir: Path, tmp_path: Path, samp
     result = CliRunner().invoke(cli, ["export", "--store", str(sample_store_dir), "--out", str(out), "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["documents"] == 5993
     assert [json.loads(line) for line in out.read_bytes().split(b"\n")[:-1]] == sample_records
+
+
+def test_an_empty_source_makes_an_empty_partition(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    result = run("ingest", str(empty), "--store", str(tmp_path / "s.store"), "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["documents"] == 0
+    info = CliRunner().invoke(cli, ["info", "--store", str(tmp_path / "s.store"), "--json"])
+    assert json.loads(info.output)["documents"] == 0
+    shown = CliRunner().invoke(cli, ["sample", "--idx", "0", "--store", str(tmp_path / "s.store")])
+    assert shown.exit_code == 2 and "out of range for a store of 0 documents" in shown.output
+
+
+def test_store_and_source_paths_of_the_wrong_kind_are_refused(tmp_path: Path, make_shard: ShardMaker) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    as_store = CliRunner().invoke(cli, ["ingest", str(make_shard([doc("a")])), "--store", str(a_file)])
+    assert as_store.exit_code == 2 and "is a file" in as_store.output
+    as_source = run("ingest", str(tmp_path), "--store", str(tmp_path / "s.store"))
+    assert as_source.returncode == 1 and "is a directory" in as_source.stderr

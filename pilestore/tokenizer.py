@@ -116,7 +116,13 @@ def train_tokenizer(store: Any, out: Path, settings: TrainSettings) -> dict[str,
             **options,
         )
     except RuntimeError as err:
-        raise TokenizerError(f"sentencepiece training failed: {err}") from err
+        hint = ""
+        if "required_chars" in str(err):
+            hint = (
+                " With pilestore: give a larger --vocab-size, or lower the coverage with "
+                "--option character_coverage=0.9995."
+            )
+        raise TokenizerError(f"sentencepiece training failed: {err}.{hint}") from err
     out.write_bytes(model.getvalue())
     return {
         "model": str(out),

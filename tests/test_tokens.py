@@ -338,3 +338,27 @@ def test_a_killed_tokenize_resumes_to_identical_files(
     for name in ("p00000.tokens", "p00000.bytes", "p00001.tokens", "p00001.bytes"):
         assert (folder / name).read_bytes() == (view.folder / name).read_bytes()
     assert not list(folder.glob("*.tmp"))
+
+
+def test_token_commands_fail_clearly(small_store: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["tokenize", "--store", str(small_store), "--tokenizer", str(tmp_path / "no.model")])
+    assert missing.exit_code == 1 and "no such tokenizer file" in missing.output
+    shape = runner.invoke(cli, ["index", "--store", str(small_store), "--seq-len", "64", "--context", "128"])
+    assert shape.exit_code == 2 and "must not exceed --seq-len" in shape.output
+    tiny = runner.invoke(
+        cli,
+        [
+            "train-tokenizer",
+            "--store",
+            str(small_store),
+            "--out",
+            str(tmp_path / "t.model"),
+            "--vocab-size",
+            "10",
+            "--sample-docs",
+            "50",
+        ],
+    )
+    assert tiny.exit_code == 1 and "--option character_coverage" in tiny.output
+    assert not (tmp_path / "t.model").exists()

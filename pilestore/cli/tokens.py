@@ -55,14 +55,19 @@ def find_view(store: Any, tokenizer_path: Path | None) -> Any:
     return TokenView(views[0])
 
 
+def check_shape(seq_len: int, context: int) -> None:
+    """A usage error, before any work, when the context does not fit the window."""
+    if context > seq_len:
+        raise click.BadParameter(f"--context {context} must not exceed --seq-len {seq_len}")
+
+
 def build_indexes(view: Any, seq_len: int, context: int, packing: str) -> list[dict[str, Any]]:
     """Eval and train indexes for (seq_len, context), written under the store's writer lock."""
     from ..manifest import writer_lock
     from ..samples import write_index
     from ..windows import eval_view, train_view
 
-    if context > seq_len:
-        raise click.BadParameter(f"--context {context} must not exceed --seq-len {seq_len}")
+    check_shape(seq_len, context)
     lengths = view.doc_lengths()
     with writer_lock(view.folder.parent.parent):  # store/tokens/<view>: one writer at a time
         return [
@@ -184,6 +189,7 @@ def tokenize(
     from ..tokens import TokenView, subset_stats
     from ..tokens import tokenize as run_tokenize
 
+    check_shape(seq_len, context)
     ui = Ui(json_output=json_output, quiet=quiet)
     store = open_store(store_dir)
     with ui.docs_progress("tokenize", len(store)) as advance:
@@ -229,6 +235,7 @@ def index(
     """
     from .. import open as open_store
 
+    check_shape(seq_len, context)
     ui = Ui(json_output=json_output)
     infos = build_indexes(find_view(open_store(store_dir), tokenizer_path), seq_len, context, packing)
     if json_output:

@@ -231,3 +231,16 @@ class TokenView:
             if self.num_partitions
             else np.zeros(0, np.int64)
         )
+
+
+def find_view(store: Store, tokenizer_path: Path | None) -> TokenView:
+    """The store's tokenized view for this tokenizer, or its only view; a clear error otherwise."""
+    if tokenizer_path is not None:
+        return TokenView(view_dir(store, Tokenizer(tokenizer_path)))
+    views = sorted(p.parent for p in (store.path / TOKENS_DIR).glob(f"*/{VIEW_FILE}"))
+    if not views:
+        raise PilestoreError(f"{store.path}: not tokenized yet; run `pilestore tokenize --tokenizer tok.model`")
+    if len(views) > 1:
+        names = ", ".join(v.name for v in views)
+        raise PilestoreError(f"{store.path}: several tokenized views ({names}); pass --tokenizer to choose one")
+    return TokenView(views[0])

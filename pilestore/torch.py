@@ -1,4 +1,4 @@
-"""PyTorch side: a distributed, resumable sampler (more to come: the Dataset over sample indexes).
+"""PyTorch side: a Dataset over a store's sample index and a distributed, resumable sampler.
 
 torch is the `torch` extra and is imported only here.
 
@@ -144,4 +144,91 @@ class PileSampler(Sampler[int]):
         self._handed_out = 0
 
 
-__all__ = ["PileSampler", "SamplerStateError", "fingerprint_of", "torch"]
+class PileDataset(torch.utils.data.Dataset):
+    """Samples of a tokenized store, map-style: ds[i] is a dict of tensors.
+
+    input_ids, labels  int64 [seq_len]; labels[j] is the token to predict after input_ids[:j + 1] (already
+                       shifted, as nanoGPT, Megatron and torchtitan expect); -100 where nothing is predicted.
+                       Hugging Face models shift inside the model: give them labels = input_ids with the same
+                       -100 mask moved right by one (see docs/tokens.md).
+    position_ids       int64 [seq_len], restarting at 0 with each document span
+    doc_lengths        int64 [spans (+1 for padding)], tokens per span: cu_seqlens = cumsum
+    n_bytes            int64 [], UTF-8 bytes of the original text the targets cover (for bits per byte)
+    subset             int64 [spans], subset id of each span's document (`subsets` names them)
+
+    Files open lazily in each process (fork or spawn), so a DataLoader's workers each map their own copy.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        view: str = "train",
+        *,
+        seq_len: int = 2048,
+        context: int = 512,
+        packing: str = "bestfit",
+        tokenizer: Any = None,
+    ) -> None:
+        from .samples import SampleIndex, index_name
+        from .tokens import find_view
+
+        self.store = store
+        self.kind = view
+        self._view = find_view(store, tokenizer)
+        self.name = index_name(view, seq_len, context, packing)
+        self._index: SampleIndex | None = SampleIndex(self._view, self.name)
+        self._length = len(self._index)
+        self.subsets = list(store.manifest["subsets"])
+        digest = hashlib.sha256(json_key(self._view.meta["tokenizer"]["sha256"], self.name, self._length))
+        self.fingerprint = digest.hexdigest()[:16]
+        self._subset_of_part: list[np.ndarray] = [
+            np.array([self.subsets.index(name) for name in part["subsets"]], dtype=np.int64)
+            for part in store.manifest["partitions"]
+        ]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_index"] = None  # memory maps are reopened in the worker
+        return state
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _sample_index(self) -> Any:
+        if self._index is None:
+            from .samples import SampleIndex
+
+            self._index = SampleIndex(self._view, self.name)
+        return self._index
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        sample = self._sample_index()[i]
+        subsets = []
+        for span in sample.spans:
+            p, local = self.store.locate(span["doc"])
+            subsets.append(self._subset_of_part[p][self.store.index(p).subset[local]])
+        return {
+            "input_ids": torch.from_numpy(sample.input_ids),
+            "labels": torch.from_numpy(sample.labels),
+            "position_ids": torch.from_numpy(sample.position_ids),
+            "doc_lengths": torch.from_numpy(sample.doc_lengths),
+            "n_bytes": torch.tensor(sample.n_bytes, dtype=torch.int64),
+            "subset": torch.tensor(subsets, dtype=torch.int64),
+        }
+
+
+def json_key(*parts: Any) -> bytes:
+    return "\x1f".join(map(str, parts)).encode()
+
+
+def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack fixed-length fields; concatenate per-span fields with `*_offsets` saying where each sample's begin."""
+    out = {key: torch.stack([b[key] for b in batch]) for key in ("input_ids", "labels", "position_ids", "n_bytes")}
+    for key in ("doc_lengths", "subset"):
+        parts = [b[key] for b in batch]
+        out[key] = torch.cat(parts)
+        out[f"{key}_offsets"] = torch.tensor([0, *np.cumsum([len(x) for x in parts]).tolist()], dtype=torch.int64)
+    return out
+
+
+__all__ = ["PileDataset", "PileSampler", "SamplerStateError", "collate", "fingerprint_of", "torch"]

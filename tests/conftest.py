@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
+import pilestore
 from pilestore.ingest import ingest
+from pilestore.tokenizer import TrainSettings, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PILESTORE_SHARED", ROOT.parent / "shared"))  # beside the clone, as CI has it
@@ -71,3 +73,24 @@ def make_shard(tmp_path: Path) -> ShardMaker:
 
 def doc(text: str, subset: str = "Pile-CC", **meta: object) -> dict:
     return {"text": text, "meta": {"pile_set_name": subset, **meta}}
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> Path:
+    """Two partitions of real sample lines (the first 600 and lines 1200-1500, quirks 2, 296, 577 included)."""
+    lines = read_source_lines(sample_path)
+    folder = tmp_path_factory.mktemp("tokens")
+    shards = []
+    for name, chunk in (("a.jsonl", lines[:600]), ("b.jsonl", lines[1200:1500])):
+        (folder / name).write_bytes(b"\n".join(chunk) + b"\n")
+        shards.append(folder / name)
+    ingest(shards, folder / "small.store")
+    return folder / "small.store"
+
+
+@pytest.fixture(scope="session")
+def model(small_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model") / "tok.model"
+    options = {"vocab_size": 2000, "num_threads": 1}
+    train_tokenizer(pilestore.open(small_store), out, TrainSettings(sample_docs=400, options=options))
+    return out

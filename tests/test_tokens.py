@@ -13,34 +13,10 @@ from hypothesis import strategies as st
 
 import pilestore
 from pilestore.cli import cli
-from pilestore.ingest import ingest
 from pilestore.samples import IGNORE, SampleIndex, write_index
 from pilestore.tokenizer import Tokenizer, TokenizerError, TrainSettings, sample_indices, train_tokenizer
 from pilestore.tokens import TokenView, token_dtype, tokenize
 from pilestore.windows import eval_view, train_view
-
-from .conftest import read_source_lines
-
-
-@pytest.fixture(scope="module")
-def small_store(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> Path:
-    """Two partitions of real sample lines (the first 600 and lines 1200-1500, quirks 2, 296, 577 included)."""
-    lines = read_source_lines(sample_path)
-    folder = tmp_path_factory.mktemp("tokens")
-    shards = []
-    for name, chunk in (("a.jsonl", lines[:600]), ("b.jsonl", lines[1200:1500])):
-        (folder / name).write_bytes(b"\n".join(chunk) + b"\n")
-        shards.append(folder / name)
-    ingest(shards, folder / "small.store")
-    return folder / "small.store"
-
-
-@pytest.fixture(scope="module")
-def model(small_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("model") / "tok.model"
-    options = {"vocab_size": 2000, "num_threads": 1}
-    train_tokenizer(pilestore.open(small_store), out, TrainSettings(sample_docs=400, options=options))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..errors import PilestoreError
+from ..tokens import find_view
 from .options import json_option, quiet_option, store_option, workers_option
 from .ui import Ui
 
@@ -36,23 +37,6 @@ packing_option = click.option(
     type=click.Choice(["bestfit", "greedy"]),
     help="How the train view packs samples.",
 )
-
-
-def find_view(store: Any, tokenizer_path: Path | None) -> Any:
-    """The store's tokenized view for this tokenizer, or its only view; a clear error otherwise."""
-    from ..tokens import TOKENS_DIR, VIEW_FILE, TokenView, view_dir
-
-    if tokenizer_path is not None:
-        from ..tokenizer import Tokenizer
-
-        return TokenView(view_dir(store, Tokenizer(tokenizer_path)))
-    views = sorted(p.parent for p in (store.path / TOKENS_DIR).glob(f"*/{VIEW_FILE}"))
-    if not views:
-        raise PilestoreError(f"{store.path}: not tokenized yet; run `pilestore tokenize --tokenizer tok.model`")
-    if len(views) > 1:
-        names = ", ".join(v.name for v in views)
-        raise PilestoreError(f"{store.path}: several tokenized views ({names}); pass --tokenizer to choose one")
-    return TokenView(views[0])
 
 
 def check_shape(seq_len: int, context: int) -> None:

@@ -9,7 +9,6 @@ from typing import Any
 import click
 
 from ..errors import PilestoreError
-from ..tokens import find_view
 from .options import json_option, quiet_option, store_option, workers_option
 from .ui import Ui
 
@@ -219,6 +218,8 @@ def index(
     """
     from .. import open as open_store
 
+    from ..tokens import find_view
+
     check_shape(seq_len, context)
     ui = Ui(json_output=json_output)
     infos = build_indexes(find_view(open_store(store_dir), tokenizer_path), seq_len, context, packing)
@@ -245,6 +246,7 @@ def show_sample(
 
     from ..samples import SAMPLES_DIR, SampleIndex
     from ..tokenizer import Tokenizer
+    from ..tokens import find_view
 
     view = find_view(store, tokenizer_path)
     pattern = f"{kind}-L{seq_len or '*'}-C{context or '*'}" + (f"-{packing or '*'}" if kind == "train" else "")

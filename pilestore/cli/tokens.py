@@ -217,7 +217,6 @@ def index(
         pilestore index --store pile.store --seq-len 1024 --context 256
     """
     from .. import open as open_store
-
     from ..tokens import find_view
 
     check_shape(seq_len, context)

@@ -131,3 +131,32 @@ def test_store_and_source_paths_of_the_wrong_kind_are_refused(tmp_path: Path, ma
     assert as_store.exit_code == 2 and "is a file" in as_store.output
     as_source = run("ingest", str(tmp_path), "--store", str(tmp_path / "s.store"))
     assert as_source.returncode == 1 and "is a directory" in as_source.stderr
+
+
+def test_outputs_into_a_missing_folder_fail_before_any_work(sample_store_dir: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such"
+    export = CliRunner().invoke(cli, ["export", "--store", str(sample_store_dir), "--out", str(missing / "x.jsonl")])
+    assert export.exit_code == 2 and "does not exist; create it first" in export.output
+    train = CliRunner().invoke(
+        cli,
+        [
+            "train-tokenizer",
+            "--store",
+            str(sample_store_dir),
+            "--vocab-size",
+            "2000",
+            "--sample-docs",
+            "50",
+            "--out",
+            str(missing / "t.model"),
+        ],
+    )
+    assert train.exit_code == 2 and "does not exist" in train.output
+
+
+def test_an_os_error_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    locked = tmp_path / "locked.store"
+    locked.mkdir()
+    (locked / "manifest.json").mkdir()  # reading it as a file fails with an OSError
+    result = run("info", "--store", str(locked))
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "manifest.json" in result.stderr

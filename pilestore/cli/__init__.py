@@ -15,13 +15,16 @@ from ..errors import PilestoreError
 
 
 class PilestoreGroup(click.Group):
-    """Turns PilestoreError into a clean one-line error (exit 1), Ctrl-C into exit 130."""
+    """Turns PilestoreError (and any OSError that escapes) into a one-line error (exit 1), Ctrl-C into 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except PilestoreError as err:
             raise click.ClickException(str(err)) from err
+        except OSError as err:  # a file the command could not read or write: name it, no traceback
+            where = f"{err.filename}: " if err.filename else ""
+            raise click.ClickException(f"{where}{err.strerror or err}") from err
         except KeyboardInterrupt:
             click.echo("interrupted; nothing was committed. Re-run the same command to finish.", err=True)
             sys.exit(130)

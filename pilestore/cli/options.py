@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +22,17 @@ store_option = click.option(
 )
 json_option = click.option("--json", "json_output", is_flag=True, help="Print the result as JSON on stdout.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes.")
+
+
+def writable_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """An output file whose folder exists and is writable: checked before any work is done."""
+    if value is not None:
+        folder = value.parent if str(value.parent) else Path(".")
+        if not folder.is_dir():
+            raise click.BadParameter(f"{folder} does not exist; create it first", ctx, param)
+        if not os.access(folder, os.W_OK):
+            raise click.BadParameter(f"{folder} is not writable", ctx, param)
+    return value
 
 
 def workers_option(help_text: str) -> Callable[[F], F]:

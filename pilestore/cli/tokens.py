@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import PilestoreError
-from .options import json_option, quiet_option, store_option, workers_option
+from .options import json_option, quiet_option, store_option, workers_option, writable_file
 from .ui import Ui
 
 tokenizer_option = click.option(
@@ -69,7 +69,13 @@ def _print_indexes(ui: Ui, infos: list[dict[str, Any]]) -> None:
 
 @click.command("train-tokenizer")
 @store_option
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Model file to write.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=writable_file,
+    help="Model file to write.",
+)
 @click.option("--vocab-size", default=50000, show_default=True, type=click.IntRange(min=8))
 @click.option("--sample-docs", type=click.IntRange(min=1), default=None, help="Documents to sample.")
 @click.option(

@@ -5,7 +5,7 @@
 
 `result.json` is written last (atomically): a staging folder without it is an interrupted build and is
 deleted and redone; one with it is reused by the next ingest of the same source with the same settings.
-Memory is bounded by the training buffer, one batch of rows and 36 bytes of index per document.
+Memory is bounded by the training buffer, MAX_IN_FLIGHT batches and 20 bytes of index per document.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ ProgressCallback = Callable[[int, int], None]  # (compressed bytes read, documen
 class _Stats:
     docs: Counter[str] = field(default_factory=Counter)
     text: Counter[str] = field(default_factory=Counter)
-    stored: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
 
@@ -240,7 +239,6 @@ def build_partition(
         writer.finish()
     finally:
         writer.close()
-    stats.stored = writer.stored
     dict_rows = writer.dict_rows
     on_progress(0, pending_docs)
 
@@ -265,11 +263,11 @@ def build_partition(
         "source": {"name": source.name, "size": reader.size, "sha256": reader.sha256, "format": reader.format},
         "documents": sum(stats.docs.values()),
         "text_bytes": sum(stats.text.values()),
-        "stored_bytes": sum(stats.stored.values()),
+        "stored_bytes": sum(writer.stored.values()),
         "dictionary_bytes": dictionary_bytes,
         "subsets": subsets,
         "subset_stats": {
-            name: {"documents": stats.docs[name], "text_bytes": stats.text[name], "stored_bytes": stats.stored[name]}
+            name: {"documents": stats.docs[name], "text_bytes": stats.text[name], "stored_bytes": writer.stored[name]}
             for name in subsets
         },
         "dictionaries": {row[1] or "(shared)": len(row[2]) if row[2] else 0 for row in dict_rows},

@@ -179,8 +179,8 @@ class PileDataset(torch.utils.data.Dataset):
         self._index: SampleIndex | None = SampleIndex(self._view, self.name)
         self._length = len(self._index)
         self.subsets = list(store.manifest["subsets"])
-        digest = hashlib.sha256(json_key(self._view.meta["tokenizer"]["sha256"], self.name, self._length))
-        self.fingerprint = digest.hexdigest()[:16]
+        key = f"{self._view.meta['tokenizer']['sha256']}/{self.name}/{self._length}"
+        self.fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
         self._subset_of_part: list[np.ndarray] = [
             np.array([self.subsets.index(name) for name in part["subsets"]], dtype=np.int64)
             for part in store.manifest["partitions"]
@@ -217,10 +217,6 @@ class PileDataset(torch.utils.data.Dataset):
         }
 
 
-def json_key(*parts: Any) -> bytes:
-    return "\x1f".join(map(str, parts)).encode()
-
-
 def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack fixed-length fields; concatenate per-span fields with `*_offsets` saying where each sample's begin."""
     out = {key: torch.stack([b[key] for b in batch]) for key in ("input_ids", "labels", "position_ids", "n_bytes")}
@@ -231,4 +227,4 @@ def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return out
 
 
-__all__ = ["PileDataset", "PileSampler", "SamplerStateError", "collate", "fingerprint_of", "torch"]
+__all__ = ["PileDataset", "PileSampler", "SamplerStateError", "collate", "fingerprint_of"]

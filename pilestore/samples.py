@@ -1,11 +1,14 @@
 """Sample indexes on disk, and reading a sample back as model inputs.
 
-    tokens/<view>/samples/<kind>-L<seq_len>-C<context>[-<packing>].{spans,samples}.arrow + .json (written last)
+    tokens/<view>/samples/<kind>-L<seq_len>-C<context>[-<packing>][-<split><val_fraction>]
+        .spans.arrow, .samples.arrow, and .json (written last: an index without it does not exist)
 
 spans:   doc int64, eod uint8, start int64, context int32, target int32, n_bytes int64 (document order),
          by_sample int64 (a permutation: the spans in sample order)
 samples: span_begin int64 (into by_sample), n_spans int32, n_tokens int32 (x-tokens used of seq_len + 1),
-         n_bytes int64
+         n_bytes int64, subset int16 (the subset of the span with the most targets; ties: the first span),
+         by_subset int64 (a permutation: samples grouped by subset, in sample order within a subset)
+json:    shape, split, counts, and `subsets` (names, by id) with `subset_samples` (samples per subset id)
 
 n_bytes of a span: the UTF-8 bytes of the original text its target tokens cover, exactly: the tokenized view
 stores where each token ends in its document's text (tokenizer.py), so bytes(targets j..k) =
@@ -27,14 +30,34 @@ import numpy as np
 
 from .errors import PilestoreError
 from .manifest import write_atomic
+from .splits import split_suffix
 from .tokens import TokenView
 
 IGNORE = -100  # label of a position that is not predicted (PyTorch cross_entropy's ignore_index)
 SAMPLES_DIR = "samples"
 
 
-def index_name(kind: str, seq_len: int, context: int, packing: str | None) -> str:
-    return f"{kind}-L{seq_len}-C{context}" + (f"-{packing}" if kind == "train" else "")
+def index_name(
+    kind: str, seq_len: int, context: int, packing: str | None, split: str = "all", val_fraction: float | None = None
+) -> str:
+    """tokens/<view>/samples/<name>.*: e.g. train-L2048-C512-bestfit, eval-L2048-C512-val0.01."""
+    return (
+        f"{kind}-L{seq_len}-C{context}" + (f"-{packing}" if kind == "train" else "") + split_suffix(split, val_fraction)
+    )
+
+
+def sample_subsets(spans: Any, doc_subset: np.ndarray) -> np.ndarray:
+    """Per sample, the subset of its span with the most target tokens (the first such span on a tie)."""
+    if spans.num_samples == 0:
+        return np.zeros(0, np.int16)
+    order = spans.order()
+    target = spans.target[order].astype(np.int64)
+    begin = spans.span_begin[:-1]
+    most = np.maximum.reduceat(target, begin)
+    counts = np.diff(spans.span_begin)
+    position = np.arange(len(order), dtype=np.int64)
+    first_max = np.minimum.reduceat(np.where(target == np.repeat(most, counts), position, len(order)), begin)
+    return doc_subset[spans.doc[order[first_max]]].astype(np.int16)
 
 
 def span_bytes(
@@ -56,21 +79,41 @@ def span_bytes(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class IndexShape:
+    """What an index is: its view kind, window shape and split."""
+
+    kind: str
+    seq_len: int
+    context: int
+    packing: str | None
+    split: str = "all"
+    val_fraction: float | None = None
+
+    @property
+    def name(self) -> str:
+        return index_name(self.kind, self.seq_len, self.context, self.packing, self.split, self.val_fraction)
+
+
 def write_index(
-    view: TokenView, kind: str, seq_len: int, context: int, packing: str | None, spans: Any
+    view: TokenView, shape: IndexShape, spans: Any, doc_subset: np.ndarray, subsets: list[str]
 ) -> dict[str, Any]:
-    """Write a Spans (windows.py) with byte counts as the named index; returns its description."""
+    """Write a Spans (windows.py) with byte counts and subsets as the named index; returns its description.
+
+    doc_subset: the subset id (into `subsets`) of every document of the view, in store order."""
     import pyarrow as pa
 
     folder = view.folder / SAMPLES_DIR
     folder.mkdir(exist_ok=True)
-    name = index_name(kind, seq_len, context, packing)
+    name, seq_len = shape.name, shape.seq_len
     n_bytes = span_bytes(view, spans.doc, spans.start, spans.context, spans.target)
     begin = spans.span_begin
     n_spans = np.diff(begin).astype(np.int32)
     by_sample = spans.order()
     sample_bytes = np.add.reduceat(n_bytes[by_sample], begin[:-1]) if len(n_bytes) else np.zeros(0, np.int64)
     sample_tokens = spans.sample_tokens().astype(np.int32)
+    subset = sample_subsets(spans, doc_subset)
+    by_subset = np.argsort(subset, kind="stable").astype(np.int64)
     tables = {
         "spans": pa.table(
             {
@@ -84,7 +127,14 @@ def write_index(
             }
         ),
         "samples": pa.table(
-            {"span_begin": begin[:-1], "n_spans": n_spans, "n_tokens": sample_tokens, "n_bytes": sample_bytes}
+            {
+                "span_begin": begin[:-1],
+                "n_spans": n_spans,
+                "n_tokens": sample_tokens,
+                "n_bytes": sample_bytes,
+                "subset": subset,
+                "by_subset": by_subset,
+            }
         ),
     }
     for part, table in tables.items():
@@ -98,16 +148,21 @@ def write_index(
     slots = spans.num_samples * (seq_len + 1)
     info = {
         "name": name,
-        "kind": kind,
+        "kind": shape.kind,
         "seq_len": seq_len,
-        "context": context,
-        "packing": packing,
+        "context": shape.context,
+        "packing": shape.packing,
+        "split": shape.split,
+        "val_fraction": shape.val_fraction,
         "samples": spans.num_samples,
         "spans": len(spans.doc),
         "target_tokens": int(spans.target.sum()),
         "bytes": int(n_bytes.sum()),
         "padding_fraction": round(1 - sample_tokens.sum() / slots, 6) if slots else 0,
+        "documents": int(len(np.unique(spans.doc))),
         "documents_in_several_windows": int((np.bincount(spans.doc) > 1).sum()) if len(spans.doc) else 0,
+        "subsets": list(subsets),
+        "subset_samples": np.bincount(subset, minlength=len(subsets)).tolist(),
     }
     write_atomic(folder / f"{name}.json", json.dumps(info, indent=1).encode())
     return info
@@ -139,7 +194,11 @@ class SampleIndex:
             raise PilestoreError(f"{folder / name}: no such sample index; build it with `pilestore index`") from None
         self.spans = {k: v.to_numpy() for k, v in zip(*_columns(pa, folder / f"{name}.spans.arrow"), strict=True)}
         self.samples = {k: v.to_numpy() for k, v in zip(*_columns(pa, folder / f"{name}.samples.arrow"), strict=True)}
+        if "subsets" not in self.info or "subset" not in self.samples:
+            raise PilestoreError(f"{folder / name}: written by an older pilestore; rebuild it with `pilestore index`")
         self.seq_len = int(self.info["seq_len"])
+        self.subset_names: list[str] = list(self.info["subsets"])
+        self.subset_samples = np.asarray(self.info["subset_samples"], dtype=np.int64)
         self._doc_first: np.ndarray | None = None
 
     def __len__(self) -> int:

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 import pilestore
 from pilestore.cli import cli
-from pilestore.samples import IGNORE, SampleIndex, write_index
+from pilestore.indexes import build_index
+from pilestore.samples import IGNORE, IndexShape, SampleIndex
 from pilestore.tokenizer import Tokenizer, TokenizerError, TrainSettings, sample_indices, train_tokenizer
 from pilestore.tokens import TokenView, token_dtype, tokenize
-from pilestore.windows import eval_view, train_view
 
 
 @pytest.fixture(scope="module")
@@ -105,29 +105,28 @@ def test_vocabularies_beyond_uint16_use_uint32() -> None:
     assert token_dtype(65_536) == np.uint16 and token_dtype(65_537) == np.uint32
 
 
-def test_span_bytes_add_up_to_every_byte_of_every_tokenized_document(view: TokenView) -> None:
+def test_span_bytes_add_up_to_every_byte_of_every_tokenized_document(view: TokenView, small_store: Path) -> None:
+    store = pilestore.open(small_store)
     lengths = view.doc_lengths()
     n_bytes = np.concatenate([view.partition(p).n_bytes for p in range(view.num_partitions)])
     for info in (
-        write_index(view, "eval", 128, 32, None, eval_view(lengths, 128, 32)),
-        write_index(view, "train", 128, 32, "bestfit", train_view(lengths, 128, 32)),
+        build_index(view, store, IndexShape("eval", 128, 32, None)),
+        build_index(view, store, IndexShape("train", 128, 32, "bestfit")),
     ):
         assert info["bytes"] == int(n_bytes[lengths > 0].sum())
         assert info["target_tokens"] == int(lengths.sum())
 
 
-def test_index_files_are_byte_identical_when_rebuilt(view: TokenView) -> None:
-    lengths = view.doc_lengths()
+def test_index_files_are_byte_identical_when_rebuilt(view: TokenView, small_store: Path) -> None:
     paths = [view.folder / "samples" / f"train-L64-C16-bestfit.{k}.arrow" for k in ("spans", "samples")]
-    write_index(view, "train", 64, 16, "bestfit", train_view(lengths, 64, 16))
+    build_index(view, pilestore.open(small_store), IndexShape("train", 64, 16, "bestfit"))
     first = [p.read_bytes() for p in paths]
-    write_index(view, "train", 64, 16, "bestfit", train_view(lengths.copy(), 64, 16))
+    build_index(view, pilestore.open(small_store), IndexShape("train", 64, 16, "bestfit"))
     assert [p.read_bytes() for p in paths] == first
 
 
-def test_samples_read_back_as_shifted_inputs_and_labels(view: TokenView) -> None:
-    lengths = view.doc_lengths()
-    write_index(view, "train", 256, 64, "bestfit", train_view(lengths, 256, 64))
+def test_samples_read_back_as_shifted_inputs_and_labels(view: TokenView, small_store: Path) -> None:
+    build_index(view, pilestore.open(small_store), IndexShape("train", 256, 64, "bestfit"))
     index = SampleIndex(view, "train-L256-C64-bestfit")
     total_targets = 0
     for i in range(len(index)):
@@ -141,9 +140,50 @@ def test_samples_read_back_as_shifted_inputs_and_labels(view: TokenView) -> None
         assert np.array_equal(s.labels[mask], x[1:][mask])  # labels[j] is the token after input_ids[:j + 1]
         assert s.n_bytes == sum(sp["n_bytes"] for sp in s.spans)
         total_targets += targets
-    assert total_targets == int(lengths.sum())
+    assert total_targets == int(view.doc_lengths().sum())
     with pytest.raises(IndexError):
         index[len(index)]
+
+
+def test_val_split_holds_out_whole_documents_by_text_hash(view: TokenView, small_store: Path) -> None:
+    from pilestore.indexes import document_table
+    from pilestore.splits import in_split
+
+    store = pilestore.open(small_store)
+    train = build_index(view, store, IndexShape("train", 128, 32, "bestfit", "train", 0.2))
+    val = build_index(view, store, IndexShape("eval", 128, 32, None, "val", 0.2))
+    assert (train["name"], val["name"]) == ("train-L128-C32-bestfit-train0.2", "eval-L128-C32-val0.2")
+    docs = {name: set(SampleIndex(view, name).spans["doc"].tolist()) for name in (train["name"], val["name"])}
+    lengths = view.doc_lengths()
+    assert docs[train["name"]].isdisjoint(docs[val["name"]])
+    assert docs[train["name"]] | docs[val["name"]] == set(np.flatnonzero(lengths > 0).tolist())
+    assert 0.12 < len(docs[val["name"]]) / (lengths > 0).sum() < 0.28
+    assert train["target_tokens"] + val["target_tokens"] == int(lengths.sum())
+    _, checksum, _ = document_table(store)
+    held = in_split(checksum, "val", 0.2)
+    assert held.sum() and np.array_equal(held, in_split(checksum.copy(), "val", 0.2))
+    assert np.all(held <= in_split(checksum, "val", 0.5))  # a larger fraction only moves documents to val
+    same_text = checksum[:, None] == checksum[None, :]
+    assert np.all(held[:, None] == held[None, :], where=same_text)  # duplicates fall on one side
+
+
+def test_each_sample_has_the_subset_of_its_largest_span(view: TokenView, small_store: Path) -> None:
+    from pilestore.indexes import document_table
+
+    store = pilestore.open(small_store)
+    build_index(view, store, IndexShape("train", 256, 64, "bestfit"))
+    index = SampleIndex(view, "train-L256-C64-bestfit")
+    doc_subset, _, names = document_table(store)
+    assert index.subset_names == names == sorted(store.subsets)
+    subset, by_subset = index.samples["subset"], index.samples["by_subset"]
+    for i in range(len(index)):
+        spans = index[i].spans
+        largest = max(range(len(spans)), key=lambda k: (spans[k]["target"], -k))
+        assert subset[i] == doc_subset[spans[largest]["doc"]]
+    assert np.array_equal(np.sort(by_subset), np.arange(len(index)))
+    assert np.all(np.diff(subset[by_subset]) >= 0) and np.array_equal(
+        index.subset_samples, np.bincount(subset, minlength=len(names))
+    )
 
 
 def test_cli_tokenize_index_and_sample_views(small_store: Path, model: Path) -> None:

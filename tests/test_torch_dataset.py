@@ -16,11 +16,11 @@ from pilestore.torch import PileDataset, PileSampler, collate
 
 @pytest.fixture(scope="module")
 def dataset_store(small_store: Path, model: Path) -> pilestore.Store:
-    from pilestore.cli.tokens import build_indexes
+    from pilestore.indexes import build_indexes
     from pilestore.tokens import TokenView
 
     result = tokenize(pilestore.open(small_store), model)
-    build_indexes(TokenView(Path(result["view"])), 256, 64, "bestfit")
+    build_indexes(TokenView(Path(result["view"])), pilestore.open(small_store), 256, 64, "bestfit")
     return pilestore.open(small_store)
 
 

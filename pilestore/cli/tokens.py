@@ -29,6 +29,12 @@ context_option = click.option(
     type=click.IntRange(min=1),
     help="Tokens of preceding text that later windows of a long document carry.",
 )
+val_fraction_option = click.option(
+    "--val-fraction",
+    type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+    default=None,
+    help="Hold out this fraction of documents (by text hash): train view over the rest, eval view over them.",
+)
 packing_option = click.option(
     "--packing",
     default="bestfit",
@@ -42,21 +48,6 @@ def check_shape(seq_len: int, context: int) -> None:
     """A usage error, before any work, when the context does not fit the window."""
     if context > seq_len:
         raise click.BadParameter(f"--context {context} must not exceed --seq-len {seq_len}")
-
-
-def build_indexes(view: Any, seq_len: int, context: int, packing: str) -> list[dict[str, Any]]:
-    """Eval and train indexes for (seq_len, context), written under the store's writer lock."""
-    from ..manifest import writer_lock
-    from ..samples import write_index
-    from ..windows import eval_view, train_view
-
-    check_shape(seq_len, context)
-    lengths = view.doc_lengths()
-    with writer_lock(view.folder.parent.parent):  # store/tokens/<view>: one writer at a time
-        return [
-            write_index(view, "eval", seq_len, context, None, eval_view(lengths, seq_len, context)),
-            write_index(view, "train", seq_len, context, packing, train_view(lengths, seq_len, context, packing)),
-        ]
 
 
 def _print_indexes(ui: Ui, infos: list[dict[str, Any]]) -> None:
@@ -153,6 +144,7 @@ def train_tokenizer(
 @seq_len_option
 @context_option
 @packing_option
+@val_fraction_option
 @workers_option("Threads that encode documents in parallel.")
 @json_option
 @quiet_option
@@ -162,6 +154,7 @@ def tokenize(
     seq_len: int,
     context: int,
     packing: str,
+    val_fraction: float | None,
     workers: int,
     json_output: bool,
     quiet: bool,
@@ -175,6 +168,7 @@ def tokenize(
         pilestore tokenize --store pile.store --tokenizer tok.model --seq-len 2048 --context 512 --workers 2
     """
     from .. import open as open_store
+    from ..indexes import build_indexes
     from ..tokens import TokenView, subset_stats
     from ..tokens import tokenize as run_tokenize
 
@@ -184,7 +178,7 @@ def tokenize(
     with ui.docs_progress("tokenize", len(store)) as advance:
         result = run_tokenize(store, tokenizer_path, threads=workers, on_docs=advance)
     view = TokenView(Path(result["view"]))
-    infos = build_indexes(view, seq_len, context, packing)
+    infos = build_indexes(view, store, seq_len, context, packing, val_fraction)
     subsets = subset_stats(store, view)
     if json_output:
         ui.emit_json({**{k: v for k, v in result.items() if k != "partitions"}, "subsets": subsets, "indexes": infos})
@@ -212,22 +206,35 @@ def tokenize(
 @seq_len_option
 @context_option
 @packing_option
+@val_fraction_option
 @json_option
 def index(
-    store_dir: Path, tokenizer_path: Path | None, seq_len: int, context: int, packing: str, json_output: bool
+    store_dir: Path,
+    tokenizer_path: Path | None,
+    seq_len: int,
+    context: int,
+    packing: str,
+    val_fraction: float | None,
+    json_output: bool,
 ) -> None:
     """Build the eval and train sample indexes for another length, without re-tokenizing.
+
+    With --val-fraction F, documents whose text hash falls in the first F of the hash range are held out:
+    the train index covers the others (split "train"), the eval index exactly them (split "val").
 
     \b
     Example:
         pilestore index --store pile.store --seq-len 1024 --context 256
+        pilestore index --store pile.store --seq-len 1024 --context 256 --val-fraction 0.01
     """
     from .. import open as open_store
+    from ..indexes import build_indexes
     from ..tokens import find_view
 
     check_shape(seq_len, context)
     ui = Ui(json_output=json_output)
-    infos = build_indexes(find_view(open_store(store_dir), tokenizer_path), seq_len, context, packing)
+    store = open_store(store_dir)
+    infos = build_indexes(find_view(store, tokenizer_path), store, seq_len, context, packing, val_fraction)
     if json_output:
         ui.emit_json(infos)
     else:

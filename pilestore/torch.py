@@ -18,7 +18,8 @@ state_dict() assumes everything this rank's iterator handed out was consumed (ex
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from .errors import PilestoreError
-from .sampler import Permutation, epoch_seed, rank_positions
+from .sampler import EpochOrder, merge_ranges
 
 CHUNK = 8192  # positions turned into sample indices at a time
 
@@ -45,7 +46,12 @@ def fingerprint_of(dataset: Any) -> str:
 
 
 class PileSampler(Sampler[int]):
-    """Drop-in for DistributedSampler: seeded O(1)-memory shuffle, disjoint ranks, exact resume, exclusions."""
+    """Drop-in for DistributedSampler: seeded O(1)-memory shuffle, disjoint ranks, exact resume, exclusions.
+
+    exclude: ranges [start, stop) of epoch positions to skip in every epoch (e.g. the samples steps 1000-1100
+    saw before a loss spike: [(1000 * B, 1100 * B)] at global batch B). Progress counts the samples read, so
+    a run resumed with an exclusion goes on with the first sample after it.
+    """
 
     def __init__(
         self,
@@ -63,46 +69,33 @@ class PileSampler(Sampler[int]):
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
-        for start, stop in exclude:
-            if not 0 <= start <= stop:
-                raise ValueError(f"excluded range ({start}, {stop}) must satisfy 0 <= start <= stop")
+        self.order = EpochOrder(len(dataset), num_replicas, seed, shuffle, drop_last, tuple(exclude))
         self.num_samples = len(dataset)
         self.num_replicas, self.rank = num_replicas, rank
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
-        self.exclude = tuple((int(a), int(b)) for a, b in exclude)
+        self.exclude = self.order.exclude
         self.fingerprint = fingerprint_of(dataset)
         self.epoch = 0
-        self.start = 0  # global positions of this epoch already consumed
+        self.start = 0  # global samples of this epoch already consumed
         self._handed_out = 0  # indices this rank's current iterator has yielded
 
     @property
     def positions_per_epoch(self) -> int:
-        """Global positions of an epoch: trimmed (drop_last) or padded (wrapping around) to a multiple of W."""
-        n, w = self.num_samples, self.num_replicas
-        return (n // w) * w if self.drop_last else -(-n // w) * w
+        """Global samples of an epoch: trimmed (drop_last) or padded (wrapping around) to a multiple of W."""
+        return self.order.per_epoch
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.epoch = epoch
             self.start = 0
 
-    def _positions(self) -> np.ndarray:
-        positions = rank_positions(self.start, self.positions_per_epoch, self.rank, self.num_replicas)
-        for a, b in self.exclude:
-            positions = positions[(positions < a) | (positions >= b)]
-        return positions
-
     def __len__(self) -> int:
-        return len(self._positions())
+        return self.order.rank_len(self.start, self.rank)
 
     def __iter__(self) -> Iterator[int]:
-        positions = self._positions()
-        permutation = Permutation(self.num_samples, epoch_seed(self.seed, self.epoch)) if self.shuffle else None
         self._handed_out = 0
-        for at in range(0, len(positions), CHUNK):
-            chunk = positions[at : at + CHUNK] % max(1, self.num_samples)  # padding wraps to the epoch's start
-            indices = permutation(chunk) if permutation is not None else chunk
-            for index in indices.tolist():
+        for counts in self.order.rank_counts(self.start, self.rank, CHUNK):
+            for index in self.order.indices(counts, self.epoch).tolist():
                 self._handed_out += 1
                 yield index
 
@@ -121,19 +114,34 @@ class PileSampler(Sampler[int]):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at the next unseen sample; refuses a state of another dataset, seed or exclusion list."""
+        """Resume at the next unseen sample; refuses a state of another dataset or seed.
+
+        Exclusions may be added on resume (that is what they are for) if they keep the state's own and skip
+        nothing before the resume point."""
         for key, mine in (
             ("fingerprint", self.fingerprint),
             ("num_samples", self.num_samples),
             ("seed", self.seed),
             ("shuffle", self.shuffle),
-            ("exclude", [list(r) for r in self.exclude]),
         ):
             if state.get(key) != mine:
                 raise SamplerStateError(
                     f"sampler state has {key}={state.get(key)!r} but this sampler has {mine!r}: the state belongs "
                     "to another dataset or configuration; resume with the same store, view and sampler settings"
                 )
+        before = merge_ranges([(a, b) for a, b in state.get("exclude", [])])
+        if merge_ranges([*before, *self.exclude]) != self.exclude:
+            raise SamplerStateError(
+                f"sampler state excludes {[list(r) for r in before]} but this sampler excludes "
+                f"{[list(r) for r in self.exclude]}: keep the earlier exclusions when resuming"
+            )
+        last = np.array([int(state["consumed"]) - 1])
+        old = EpochOrder(self.num_samples, exclude=before)
+        if last[0] >= 0 and old.positions(last)[0] != self.order.positions(last)[0]:
+            raise SamplerStateError(
+                f"new exclusions {[list(r) for r in self.exclude if r not in before]} start before position "
+                f"{int(old.positions(last)[0]) + 1}, which this run already read: exclude only positions ahead"
+            )
         consumed = int(state["consumed"])
         if consumed % self.num_replicas:
             raise SamplerStateError(
@@ -154,9 +162,16 @@ class PileDataset(torch.utils.data.Dataset):
     position_ids       int64 [seq_len], restarting at 0 with each document span
     doc_lengths        int64 [spans (+1 for padding)], tokens per span: cu_seqlens = cumsum
     n_bytes            int64 [], UTF-8 bytes of the original text the targets cover (for bits per byte)
+    span_bytes         int64 [spans], the same per span
     subset             int64 [spans], subset id of each span's document (`subsets` names them)
+    sample             int64 [], the sample's number in the index (for provenance)
 
-    Files open lazily in each process (fork or spawn), so a DataLoader's workers each map their own copy.
+    split/val_fraction pick the index built by `pilestore index --val-fraction` ("train": the train view
+    without held-out documents, "val": the eval view of exactly them). subsets/weights make a mixture
+    (pilestore.mixture): len(ds) is then the mixture's epoch, and ds[i] maps through it.
+
+    Files open lazily in each process (fork or spawn), so a DataLoader's workers each map their own copy;
+    nothing of the index's size is read at open.
     """
 
     def __init__(
@@ -164,22 +179,38 @@ class PileDataset(torch.utils.data.Dataset):
         store: Any,
         view: str = "train",
         *,
+        split: str = "all",
+        val_fraction: float | None = None,
+        subsets: Sequence[str] | None = None,
+        weights: Mapping[str, float] | None = None,
+        mixture_seed: int = 0,
         seq_len: int = 2048,
         context: int = 512,
         packing: str = "bestfit",
         tokenizer: Any = None,
     ) -> None:
+        from .mixture import Mixture
         from .samples import SampleIndex, index_name
         from .tokens import find_view
 
+        if isinstance(store, (str, Path)):
+            from . import open as open_store
+
+            store = open_store(store)
         self.store = store
         self.kind = view
         self._view = find_view(store, tokenizer)
-        self.name = index_name(view, seq_len, context, packing)
+        self.name = index_name(view, seq_len, context, packing, split, val_fraction)
         self._index: SampleIndex | None = SampleIndex(self._view, self.name)
-        self._length = len(self._index)
-        self.subsets = list(store.manifest["subsets"])
-        key = f"{self._view.meta['tokenizer']['sha256']}/{self.name}/{self._length}"
+        self.subsets = list(self._index.subset_names)
+        self.mixture = (
+            Mixture.of(self.subsets, self._index.subset_samples, weights, subsets, mixture_seed)
+            if subsets is not None or weights is not None
+            else None
+        )
+        self._length = len(self.mixture) if self.mixture is not None else len(self._index)
+        mix = "" if self.mixture is None else f"/{self.mixture.weights.tolist()}/{mixture_seed}"
+        key = f"{self._view.meta['tokenizer']['sha256']}/{self.name}/{len(self._index)}{mix}"
         self.fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
         self._subset_of_part: list[np.ndarray] = [
             np.array([self.subsets.index(name) for name in part["subsets"]], dtype=np.int64)
@@ -194,15 +225,37 @@ class PileDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self._length
 
-    def _sample_index(self) -> Any:
+    @property
+    def index(self) -> Any:
+        """The SampleIndex (opened in this process on first use)."""
         if self._index is None:
             from .samples import SampleIndex
 
             self._index = SampleIndex(self._view, self.name)
         return self._index
 
+    def sample_ids(self, positions: np.ndarray | Sequence[int]) -> np.ndarray:
+        """The index's sample numbers at dataset positions (the identity without a mixture)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if len(positions) and (positions.min() < -self._length or positions.max() >= self._length):
+            raise IndexError(f"positions out of range for a dataset of {self._length} samples")
+        positions = positions % max(1, self._length)
+        if self.mixture is None:
+            return positions
+        return self.index.samples["by_subset"][self.mixture.rows(positions)].astype(np.int64)
+
+    def realised(self) -> list[dict[str, Any]]:
+        """Per subset: weight, samples, positions and target bytes per epoch, and their shares."""
+        from .mixture import Mixture
+
+        mixture = self.mixture or Mixture.of(self.subsets, self.index.subset_samples)
+        return mixture.realised(self.index.samples["by_subset"], self.index.samples["n_bytes"])
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        sample = self._sample_index()[i]
+        if not -self._length <= i < self._length:
+            raise IndexError(f"sample {i} out of range for a dataset of {self._length} samples")
+        sample_id = int(self.sample_ids([i])[0]) if self.mixture is not None else i % self._length
+        sample = self.index[sample_id]
         subsets = []
         for span in sample.spans:
             p, local = self.store.locate(span["doc"])
@@ -213,14 +266,17 @@ class PileDataset(torch.utils.data.Dataset):
             "position_ids": torch.from_numpy(sample.position_ids),
             "doc_lengths": torch.from_numpy(sample.doc_lengths),
             "n_bytes": torch.tensor(sample.n_bytes, dtype=torch.int64),
+            "span_bytes": torch.tensor([span["n_bytes"] for span in sample.spans], dtype=torch.int64),
             "subset": torch.tensor(subsets, dtype=torch.int64),
+            "sample": torch.tensor(sample_id, dtype=torch.int64),
         }
 
 
 def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack fixed-length fields; concatenate per-span fields with `*_offsets` saying where each sample's begin."""
-    out = {key: torch.stack([b[key] for b in batch]) for key in ("input_ids", "labels", "position_ids", "n_bytes")}
-    for key in ("doc_lengths", "subset"):
+    fixed = ("input_ids", "labels", "position_ids", "n_bytes", "sample")
+    out = {key: torch.stack([b[key] for b in batch]) for key in fixed}
+    for key in ("doc_lengths", "span_bytes", "subset"):
         parts = [b[key] for b in batch]
         out[key] = torch.cat(parts)
         out[f"{key}_offsets"] = torch.tensor([0, *np.cumsum([len(x) for x in parts]).tolist()], dtype=torch.int64)

@@ -20,7 +20,9 @@ def dataset_store(small_store: Path, model: Path) -> pilestore.Store:
     from pilestore.tokens import TokenView
 
     result = tokenize(pilestore.open(small_store), model)
-    build_indexes(TokenView(Path(result["view"])), pilestore.open(small_store), 256, 64, "bestfit")
+    view = TokenView(Path(result["view"]))
+    build_indexes(view, pilestore.open(small_store), 256, 64, "bestfit")
+    build_indexes(view, pilestore.open(small_store), 256, 64, "bestfit", val_fraction=0.25)
     return pilestore.open(small_store)
 
 
@@ -51,15 +53,15 @@ def test_dataloader_workers_return_the_same_batches(dataset_store: pilestore.Sto
         persistent_workers=True,
         pin_memory=False,
     )
-    batches = list(loader)
     order = list(sampler)
-    serial = [collate([ds[i] for i in order[k : k + 4]]) for k in range(0, len(order), 4)]
-    assert len(batches) == len(serial)
-    for a, b in zip(batches, serial, strict=True):
-        for key in ("input_ids", "labels", "n_bytes", "doc_lengths_offsets"):
-            assert torch.equal(a[key], b[key])
-    total_targets = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
-    assert total_targets > 0
+    total_targets, count = 0, 0
+    for k, batch in enumerate(loader):  # compared as they come: a worker's tensors each hold a file descriptor
+        serial = collate([ds[i] for i in order[4 * k : 4 * k + 4]])
+        for key in ("input_ids", "labels", "n_bytes", "doc_lengths_offsets", "span_bytes", "subset", "sample"):
+            assert torch.equal(batch[key], serial[key])
+        total_targets += int((batch["labels"] != IGNORE).sum())
+        count += 1
+    assert count == -(-len(order) // 4) and total_targets > 0
 
 
 def test_eval_view_and_fingerprints(dataset_store: pilestore.Store, model: Path) -> None:
@@ -70,3 +72,40 @@ def test_eval_view_and_fingerprints(dataset_store: pilestore.Store, model: Path)
     state = PileSampler(train, num_replicas=1, rank=0).state_dict(consumed=4)
     with pytest.raises(pilestore.PilestoreError, match="fingerprint"):
         PileSampler(evaluation, num_replicas=1, rank=0).load_state_dict(state)
+
+
+def test_split_datasets_share_no_document(dataset_store: pilestore.Store, model: Path) -> None:
+    kw = {"seq_len": 256, "context": 64, "tokenizer": model, "val_fraction": 0.25}
+    train = PileDataset(dataset_store, "train", split="train", **kw)
+    val = PileDataset(dataset_store, "eval", split="val", **kw)
+    docs = [{int(d) for d in ds.index.spans["doc"]} for ds in (train, val)]
+    assert docs[0] and docs[1] and docs[0].isdisjoint(docs[1])
+    assert len(train) + len(val) < len(PileDataset(dataset_store, "train", seq_len=256, context=64)) + len(val)
+    with pytest.raises(pilestore.PilestoreError, match="pilestore index"):
+        PileDataset(dataset_store, "train", split="train", val_fraction=0.5, seq_len=256, context=64)
+
+
+def test_a_weighted_mixture_realises_its_proportions(dataset_store: pilestore.Store, model: Path) -> None:
+    base = PileDataset(dataset_store, "eval", seq_len=256, context=64, tokenizer=model)
+    names = base.subsets
+    heavy, light = names[0], names[1]
+    weights = {heavy: 3.0, light: 0.5}
+    mixed = PileDataset(dataset_store, "eval", seq_len=256, context=64, tokenizer=model, weights=weights)
+    expected = {name: weights.get(name, 1.0) * int(base.index.subset_samples[k]) for k, name in enumerate(names)}
+    assert len(mixed) == sum(round(v) for v in expected.values())
+    sampler = PileSampler(mixed, num_replicas=1, rank=0, seed=1, drop_last=False)
+    seen_samples = {name: 0 for name in names}
+    seen_bytes = {name: 0 for name in names}
+    for i in sampler:  # one epoch of the mixture, through the real items
+        item = mixed[i]
+        name = names[int(item["subset"][0])]  # the eval view has one document per sample
+        seen_samples[name] += 1
+        seen_bytes[name] += int(item["n_bytes"])
+    for name in names:
+        assert seen_samples[name] == round(expected[name])
+    report = {row["subset"]: row for row in mixed.realised()}
+    assert {n: report[n]["epoch_bytes"] for n in names} == seen_bytes
+    base_bytes = {row["subset"]: row["bytes"] for row in base.realised()}
+    assert seen_bytes[heavy] == 3 * base_bytes[heavy]
+    assert seen_bytes[light] == pytest.approx(0.5 * base_bytes[light], rel=0.35)
+    assert mixed.fingerprint != base.fingerprint

@@ -91,6 +91,21 @@ def test_excluded_ranges_are_skipped_on_every_rank() -> None:
         assert skipped[r] == full[r][:10] + full[r][20:]
 
 
+def test_exclusions_added_on_resume_skip_ahead_but_never_behind() -> None:
+    data, global_batch = Numbers(200), 10
+    full = list(PileSampler(data, num_replicas=1, rank=0, seed=4))
+    state = PileSampler(data, num_replicas=1, rank=0, seed=4).state_dict(consumed=5 * global_batch)
+    resumed = PileSampler(data, num_replicas=1, rank=0, seed=4, exclude=[(6 * global_batch, 8 * global_batch)])
+    resumed.load_state_dict(state)  # e.g. a loss spike at steps 6-7: rewind to step 5, skip their samples
+    assert list(resumed) == full[50:60] + full[80:]
+    behind = PileSampler(data, num_replicas=1, rank=0, seed=4, exclude=[(20, 30)])
+    with pytest.raises(SamplerStateError, match="already read"):
+        behind.load_state_dict(state)
+    state_with = resumed.state_dict(consumed=60)
+    with pytest.raises(SamplerStateError, match="keep the earlier exclusions"):
+        PileSampler(data, num_replicas=1, rank=0, seed=4).load_state_dict(state_with)
+
+
 def _rank_main(rank: int, world: int, init_file: str, queue: mp.Queue) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:

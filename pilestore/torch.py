@@ -283,4 +283,16 @@ def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return out
 
 
-__all__ = ["PileDataset", "PileSampler", "SamplerStateError", "collate", "fingerprint_of"]
+from .evaluation import eval_loaders, evaluate, reduce_metrics, span_losses  # noqa: E402  (they use PileDataset)
+
+__all__ = [
+    "PileDataset",
+    "PileSampler",
+    "SamplerStateError",
+    "collate",
+    "eval_loaders",
+    "evaluate",
+    "fingerprint_of",
+    "reduce_metrics",
+    "span_losses",
+]

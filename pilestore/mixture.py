@@ -127,3 +127,11 @@ class Mixture:
             r["share_positions"] = r["positions"] / total_positions
             r["share_bytes"] = r["epoch_bytes"] / total_bytes
         return rows
+
+
+def sample_ids(by_subset: np.ndarray, mixture: Mixture | None, positions: np.ndarray) -> np.ndarray:
+    """Sample numbers of an index at dataset positions: through the mixture, or the identity without one."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if mixture is None:
+        return positions
+    return np.asarray(by_subset[mixture.rows(positions)], dtype=np.int64)

@@ -168,6 +168,37 @@ def write_index(
     return info
 
 
+def find_index(
+    view: TokenView,
+    kind: str,
+    seq_len: int | None = None,
+    context: int | None = None,
+    packing: str | None = None,
+    split: str = "all",
+    val_fraction: float | None = None,
+) -> str:
+    """The name of the one index of `kind` that matches the given fields (None: any), or a clear error."""
+    wanted = {"kind": kind, "seq_len": seq_len, "context": context, "split": split, "val_fraction": val_fraction}
+    if kind == "train":
+        wanted["packing"] = packing
+    names = []
+    for path in sorted((view.folder / SAMPLES_DIR).glob("*.json")):
+        info = json.loads(path.read_text())
+        info.setdefault("split", "all")
+        info.setdefault("val_fraction", None)
+        if all(v is None or info.get(k) == v for k, v in wanted.items() if k != "val_fraction") and (
+            split == "all" or val_fraction is None or info["val_fraction"] == val_fraction
+        ):
+            names.append(info["name"])
+    if len(names) != 1:
+        fields = ", ".join(f"{k}={v}" for k, v in wanted.items() if v is not None)
+        raise PilestoreError(
+            f"{len(names)} sample indexes of {view.folder} match {fields} ({', '.join(names) or 'none'}): "
+            "pass --seq-len/--context/--packing/--split to choose, or build one with `pilestore index`"
+        )
+    return names[0]
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """Sample i as a model sees it: x = seq_len + 1 tokens; input_ids = x[:-1]; labels[j] predicts x[j + 1]."""

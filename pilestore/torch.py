@@ -239,10 +239,10 @@ class PileDataset(torch.utils.data.Dataset):
         positions = np.asarray(positions, dtype=np.int64)
         if len(positions) and (positions.min() < -self._length or positions.max() >= self._length):
             raise IndexError(f"positions out of range for a dataset of {self._length} samples")
+        from .mixture import sample_ids
+
         positions = positions % max(1, self._length)
-        if self.mixture is None:
-            return positions
-        return self.index.samples["by_subset"][self.mixture.rows(positions)].astype(np.int64)
+        return sample_ids(self.index.samples["by_subset"], self.mixture, positions)
 
     def realised(self) -> list[dict[str, Any]]:
         """Per subset: weight, samples, positions and target bytes per epoch, and their shares."""

@@ -18,7 +18,7 @@ from pilestore.metrics import SubsetMetrics, bits_per_byte, perplexity
 from pilestore.tokens import TokenView, subset_stats, tokenize
 from pilestore.torch import PileDataset, collate, eval_loaders, evaluate, span_losses
 
-SHAPE = {"seq_len": 128, "context": 32}
+SHAPE: dict = {"seq_len": 128, "context": 32}  # and "tokenizer": the model, set by the store fixture
 SUBSET = "Wikipedia (en)"  # a small subset of the sample corpus, to keep two ranks on two cores quick
 
 
@@ -26,6 +26,7 @@ SUBSET = "Wikipedia (en)"  # a small subset of the sample corpus, to keep two ra
 def store(small_store: Path, model: Path) -> pilestore.Store:
     from pilestore.indexes import build_indexes
 
+    SHAPE["tokenizer"] = model  # other test modules may add views with other tokenizers to this store
     result = tokenize(pilestore.open(small_store), model)
     build_indexes(TokenView(Path(result["view"])), pilestore.open(small_store), 128, 32, "bestfit")
     return pilestore.open(small_store)
@@ -86,7 +87,8 @@ def test_a_uniform_model_scores_log2_vocab_times_tokens_per_byte(store: pilestor
     assert report["all"]["perplexity"] == pytest.approx(2000)
 
 
-def _rank_main(rank: int, world: int, init_file: str, store_dir: str, queue: mp.Queue) -> None:
+def _rank_main(rank: int, world: int, init_file: str, store_dir: str, shape: dict, queue: mp.Queue) -> None:
+    SHAPE.update(shape)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         store = pilestore.open(store_dir)
@@ -106,7 +108,7 @@ def test_two_gloo_ranks_evaluate_the_same_totals_as_one_process(store: pilestore
     queue = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         init = os.path.join(tmp, "init")
-        procs = [ctx.Process(target=_rank_main, args=(r, 2, init, str(store.path), queue)) for r in range(2)]
+        procs = [ctx.Process(target=_rank_main, args=(r, 2, init, str(store.path), SHAPE, queue)) for r in range(2)]
         for p in procs:
             p.start()
         reports = dict(queue.get(timeout=180) for _ in procs)

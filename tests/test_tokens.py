@@ -226,7 +226,7 @@ def test_cli_tokenize_index_and_sample_views(small_store: Path, model: Path) -> 
     )
     assert text.exit_code == 0 and "targets" in text.output
     ambiguous = runner.invoke(cli, ["sample", "--store", str(small_store), "--idx", "0", "--view", "eval"])
-    assert ambiguous.exit_code == 1 and "eval indexes match" in ambiguous.output
+    assert ambiguous.exit_code == 1 and "sample indexes of" in ambiguous.output and "kind=eval" in ambiguous.output
 
 
 def test_sample_view_on_an_untokenized_store_says_what_to_do(sample_store_dir: Path) -> None:

@@ -80,9 +80,10 @@ def test_split_datasets_share_no_document(dataset_store: pilestore.Store, model:
     val = PileDataset(dataset_store, "eval", split="val", **kw)
     docs = [{int(d) for d in ds.index.spans["doc"]} for ds in (train, val)]
     assert docs[0] and docs[1] and docs[0].isdisjoint(docs[1])
-    assert len(train) + len(val) < len(PileDataset(dataset_store, "train", seq_len=256, context=64)) + len(val)
+    everything = PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=model)
+    assert len(train) + len(val) < len(everything) + len(val)
     with pytest.raises(pilestore.PilestoreError, match="pilestore index"):
-        PileDataset(dataset_store, "train", split="train", val_fraction=0.5, seq_len=256, context=64)
+        PileDataset(dataset_store, "train", split="train", val_fraction=0.5, seq_len=256, context=64, tokenizer=model)
 
 
 def test_a_weighted_mixture_realises_its_proportions(dataset_store: pilestore.Store, model: Path) -> None:
@@ -109,3 +110,37 @@ def test_a_weighted_mixture_realises_its_proportions(dataset_store: pilestore.St
     assert seen_bytes[heavy] == 3 * base_bytes[heavy]
     assert seen_bytes[light] == pytest.approx(0.5 * base_bytes[light], rel=0.35)
     assert mixed.fingerprint != base.fingerprint
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_sample_step_shows_what_each_rank_read_at_that_step(
+    dataset_store: pilestore.Store, model: Path, world: int
+) -> None:
+    import itertools
+    import json
+
+    from click.testing import CliRunner
+
+    from pilestore.cli import cli
+
+    weights = {"Wikipedia (en)": 3.0, "Github": 0.5}
+    ds = PileDataset(dataset_store, "train", seq_len=256, context=64, weights=weights, tokenizer=model)
+    global_batch, step, exclude = 8, 5, [(16, 24)]
+    args = ["sample", "--store", str(dataset_store.path), "--step", str(step), "--global-batch", str(global_batch)]
+    args += ["--world-size", str(world), "--seed", "7", "--exclude", "16:24", "--seq-len", "256", "--json"]
+    args += ["--tokenizer", str(model)]
+    for name, w in weights.items():
+        args += ["--weight", f"{name}={w}"]
+    for rank in range(world):
+        result = CliRunner().invoke(cli, [*args, "--rank", str(rank)])
+        assert result.exit_code == 0, result.output
+        shown = json.loads(result.output)
+        sampler = PileSampler(ds, num_replicas=world, rank=rank, seed=7, exclude=exclude)
+        per_rank = global_batch // world
+        read = list(itertools.islice(sampler, step * per_rank, (step + 1) * per_rank))  # the step's batch
+        expected = [int(ds[i]["sample"]) for i in read]
+        assert [row["sample"] for row in shown["samples"]] == expected
+        assert all(row["rank"] == rank for row in shown["samples"])
+        assert [[s["doc"] for s in row["spans"]] for row in shown["samples"]] == [
+            [s["doc"] for s in ds.index[e].spans] for e in expected
+        ]

@@ -12,8 +12,31 @@ from .options import json_option, quiet_option, store_option, writable_file
 from .ui import Ui, subset_table
 
 
+def _weight(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
+    weights = {}
+    for value in values:
+        name, sep, number = value.rpartition("=")
+        try:
+            weights[name] = float(number)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise click.BadParameter(f"{value!r}: expected SUBSET=EPOCHS, e.g. 'Wikipedia (en)=3'", ctx, param)
+    return weights
+
+
+def _ranges(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[tuple[int, int]]:
+    out = []
+    for value in values:
+        start, sep, stop = value.partition(":")
+        if not sep or not start.isdigit() or not stop.isdigit() or int(stop) < int(start):
+            raise click.BadParameter(f"{value!r}: expected START:STOP sample positions, e.g. 64000:70400", ctx, param)
+        out.append((int(start), int(stop)))
+    return out
+
+
 @click.command()
-@click.option("--idx", required=True, type=int, help="Document (or sample) index; negative counts from the end.")
+@click.option("--idx", type=int, default=None, help="Document (or sample) index; negative counts from the end.")
 @store_option
 @click.option(
     "--view",
@@ -33,35 +56,76 @@ from .ui import Ui, subset_table
 @click.option("--seq-len", type=int, default=None, help="With --view: which index (when there are several).")
 @click.option("--context", type=int, default=None, help="With --view: which index (when there are several).")
 @click.option("--packing", type=click.Choice(["bestfit", "greedy"]), default=None, help="With --view train.")
+@click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True)
+@click.option("--val-fraction", type=float, default=None, help="With --split train|val: the held-out fraction.")
+@click.option("--step", type=click.IntRange(min=0), default=None, help="Show what this training step saw.")
+@click.option("--global-batch", type=click.IntRange(min=1), default=None, help="With --step: samples per step.")
+@click.option("--rank", type=click.IntRange(min=0), default=None, help="With --step: only this rank's samples.")
+@click.option("--world-size", type=click.IntRange(min=1), default=1, show_default=True, help="With --step.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --step: the sampler's seed.")
+@click.option(
+    "--weight",
+    "weights",
+    multiple=True,
+    callback=_weight,
+    help="With --step: a mixture weight SUBSET=EPOCHS, as given to PileDataset (repeatable).",
+)
+@click.option("--mixture-seed", type=int, default=0, show_default=True, help="With --weight.")
+@click.option("--exclude", multiple=True, callback=_ranges, help="With --step: excluded START:STOP (repeatable).")
 @json_option
 def sample(
-    idx: int,
+    idx: int | None,
     store_dir: Path,
     view_kind: str,
     tokenizer_path: Path | None,
     seq_len: int | None,
     context: int | None,
     packing: str | None,
+    split: str,
+    val_fraction: float | None,
+    step: int | None,
+    global_batch: int | None,
+    rank: int | None,
+    world_size: int,
+    seed: int,
+    weights: dict[str, float],
+    mixture_seed: int,
+    exclude: list[tuple[int, int]],
     json_output: bool,
 ) -> None:
-    """Print one document, or one training / evaluation sample, of the store.
+    """Print one document or sample of the store, or the samples and documents a training step saw.
+
+    --step S --global-batch B gives the samples of step S of a run with PileSampler (seed, exclusions and
+    the PileDataset's split and weights as given here), and the documents they were made of; any world
+    size sees the same samples at a step, and --rank R --world-size W narrows to one rank's share.
 
     \b
     Example:
         pilestore sample --idx 12345 --store pile.store
         pilestore sample --idx -1 --json | jq .meta
         pilestore sample --idx 7 --view train --json | jq .n_bytes
+        pilestore sample --step 1200 --global-batch 512 --rank 3 --world-size 8
     """
     from .. import open as open_store
     from ..document import dump_json, encode_text
 
+    if (idx is None) == (step is None):
+        raise click.UsageError("give --idx N (a document or sample) or --step S --global-batch B (a training step)")
     store = open_store(store_dir)
+    index_fields = (tokenizer_path, seq_len, context, packing, split, val_fraction)
+    if step is not None:
+        from .tokens import show_step
+
+        if global_batch is None:
+            raise click.UsageError("--step needs --global-batch (samples per step over all ranks)")
+        kind = "train" if view_kind == "doc" else view_kind
+        order = {"seed": seed, "world_size": world_size, "exclude": exclude, "weights": weights or None}
+        show_step(Ui(json_output=json_output), store, kind, index_fields, step, global_batch, rank, order, mixture_seed)
+        return
     if view_kind != "doc":
         from .tokens import show_sample
 
-        show_sample(
-            Ui(json_output=json_output), store, idx, view_kind, tokenizer_path, seq_len, context, packing, json_output
-        )
+        show_sample(Ui(json_output=json_output), store, idx, view_kind, index_fields, json_output)
         return
     try:
         doc = store[idx]

@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 
-from ..errors import PilestoreError
 from .options import json_option, quiet_option, store_option, workers_option, writable_file
 from .ui import Ui
 
@@ -241,36 +240,27 @@ def index(
         _print_indexes(ui, infos)
 
 
-def show_sample(
-    ui: Ui,
-    store: Any,
-    idx: int,
-    kind: str,
-    tokenizer_path: Path | None,
-    seq_len: int | None,
-    context: int | None,
-    packing: str | None,
-    json_output: bool,
-) -> None:
+def _open_index(store: Any, kind: str, fields: tuple[Any, ...]) -> Any:
+    """The SampleIndex that --tokenizer/--seq-len/--context/--packing/--split/--val-fraction pick."""
+    from ..samples import SampleIndex, find_index
+    from ..tokens import find_view
+
+    tokenizer_path, seq_len, context, packing, split, val_fraction = fields
+    if split != "all" and val_fraction is None:
+        raise click.UsageError(f"--split {split} needs --val-fraction (as given to `pilestore index`)")
+    view = find_view(store, tokenizer_path)
+    return SampleIndex(view, find_index(view, kind, seq_len, context, packing, split, val_fraction))
+
+
+def show_sample(ui: Ui, store: Any, idx: int, kind: str, fields: tuple[Any, ...], json_output: bool) -> None:
     """`pilestore sample --view train|eval`: sample idx of the matching index, decoded."""
     import numpy as np
     from rich.text import Text
 
-    from ..samples import SAMPLES_DIR, SampleIndex
     from ..tokenizer import Tokenizer
-    from ..tokens import find_view
 
-    view = find_view(store, tokenizer_path)
-    pattern = f"{kind}-L{seq_len or '*'}-C{context or '*'}" + (f"-{packing or '*'}" if kind == "train" else "")
-    names = sorted(p.name.removesuffix(".json") for p in (view.folder / SAMPLES_DIR).glob(f"{pattern}.json"))
-    if len(names) != 1:
-        found = ", ".join(names) or "none"
-        raise PilestoreError(
-            f"{len(names)} {kind} indexes match {pattern} ({found}); pass --seq-len/--context"
-            + ("/--packing" if kind == "train" else "")
-            + " or build one with `pilestore index`"
-        )
-    index = SampleIndex(view, names[0])
+    index = _open_index(store, kind, fields)
+    view, names = index.view, [index.info["name"]]
     try:
         sample = index[idx]
     except IndexError as err:
@@ -308,3 +298,65 @@ def show_sample(
         text.append(f"  <doc {span['doc']}>\n", style="dim cyan")
         at += n
     ui.out.print(text)
+
+
+def show_step(
+    ui: Ui,
+    store: Any,
+    kind: str,
+    fields: tuple[Any, ...],
+    step: int,
+    global_batch: int,
+    rank: int | None,
+    order_options: dict[str, Any],
+    mixture_seed: int,
+) -> None:
+    """`pilestore sample --step S --global-batch B`: the samples and documents of a training step."""
+    from rich.table import Table
+
+    from ..mixture import Mixture, sample_ids
+    from ..sampler import EpochOrder
+
+    index = _open_index(store, kind, fields)
+    weights = order_options["weights"]
+    try:
+        mixture = Mixture.of(index.subset_names, index.subset_samples, weights, seed=mixture_seed) if weights else None
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--weight") from err
+    world = order_options["world_size"]
+    if rank is not None and rank >= world:
+        raise click.BadParameter(f"--rank {rank} must be below --world-size {world}", param_hint="--rank")
+    n = len(mixture) if mixture is not None else len(index)
+    try:
+        order = EpochOrder(n, world, order_options["seed"], exclude=tuple(order_options["exclude"]))
+        epoch, counts, positions = order.step(step, global_batch)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--global-batch") from err
+    ids = sample_ids(index.samples["by_subset"], mixture, positions)
+    ranks = counts % world
+    rows = []
+    for count, r, position, sample_id in zip(
+        counts.tolist(), ranks.tolist(), positions.tolist(), ids.tolist(), strict=True
+    ):
+        if rank is not None and r != rank:
+            continue
+        spans = [{**span, "subset": _subset_of(store, span["doc"])} for span in index[sample_id].spans]
+        rows.append({"rank": r, "count": count, "position": position, "sample": sample_id, "spans": spans})
+    result = {"index": index.info["name"], "step": step, "epoch": epoch, "global_batch": global_batch, "samples": rows}
+    if ui.json_output:
+        ui.emit_json(result)
+        return
+    table = Table(
+        title=f"step {step:,} (epoch {epoch}) of {index.info['name']}: {len(rows)} samples", title_justify="left"
+    )
+    for name in ("rank", "sample", "documents (doc:start+targets subset)"):
+        table.add_column(name, justify="left" if name.startswith("documents") else "right")
+    for row in rows:
+        docs = "; ".join(f"{s['doc']}:{s['start']}+{s['target']} {s['subset']}" for s in row["spans"])
+        table.add_row(str(row["rank"]), f"{row['sample']:,}", docs)
+    ui.out.print(table)
+
+
+def _subset_of(store: Any, doc: int) -> str:
+    p, local = store.locate(doc)
+    return store.manifest["partitions"][p]["subsets"][int(store.index(p).subset[local])]

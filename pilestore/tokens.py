@@ -48,7 +48,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def view_dir(store: Store, tokenizer: Tokenizer) -> Path:
-    return store.path / TOKENS_DIR / f"{tokenizer.path.stem}-{tokenizer.sha256[:12]}"
+    """tokens/<stem>-<sha256[:12]>: the view of this tokenizer, found by its hash whatever the file is called."""
+    same = sorted((store.path / TOKENS_DIR).glob(f"*-{tokenizer.sha256[:12]}"))
+    return same[0] if same else store.path / TOKENS_DIR / f"{tokenizer.path.stem}-{tokenizer.sha256[:12]}"
 
 
 @dataclass(frozen=True, slots=True)

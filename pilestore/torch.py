@@ -99,12 +99,25 @@ class PileSampler(Sampler[int]):
                 self._handed_out += 1
                 yield index
 
-    def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
-        """A few integers and the dataset fingerprint. `consumed`: global samples consumed this epoch."""
-        if consumed is None:
+    def state_dict(
+        self, consumed: int | None = None, *, step: int | None = None, global_batch: int | None = None
+    ) -> dict[str, Any]:
+        """A few integers and the dataset fingerprint.
+
+        consumed: global samples consumed this epoch; or step and global_batch: the state after `step` steps of
+        a run that starts every epoch at its first sample and drops an epoch's incomplete last batch (as
+        `pilestore sample --step` assumes). Neither: what this rank's iterator handed out (exact without workers).
+        """
+        epoch = self.epoch
+        if step is not None:
+            if global_batch is None:
+                raise ValueError("state_dict(step=...) needs global_batch")
+            epoch, within = divmod(step, self.order.steps_per_epoch(global_batch))
+            consumed = within * global_batch
+        elif consumed is None:
             consumed = self.start + self._handed_out * self.num_replicas
         return {
-            "epoch": self.epoch,
+            "epoch": epoch,
             "consumed": int(consumed),
             "seed": self.seed,
             "shuffle": self.shuffle,
@@ -216,6 +229,11 @@ class PileDataset(torch.utils.data.Dataset):
             np.array([self.subsets.index(name) for name in part["subsets"]], dtype=np.int64)
             for part in store.manifest["partitions"]
         ]
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's vocabulary size (the model's embedding rows)."""
+        return int(self._view.meta["tokenizer"]["vocab_size"])
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

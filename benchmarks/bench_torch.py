@@ -1,0 +1,285 @@
+"""Torch-side benchmarks, each next to its baseline in the same run.
+
+  python benchmarks/bench_torch.py                         # all parts; ~5 minutes and ~16 GB of disk
+  python benchmarks/bench_torch.py --parts loader --work W  # reuse a store prepared in W by an earlier run
+
+loader       samples/s and tokens/s at seq_len 2048, shuffled, from a DataLoader with 1 worker (and 2), over the
+             sample corpus tokenized with a 32k BPE: PileDataset + PileSampler + collate, next to the same
+             DataLoader reading the same number of 2049-token windows at random offsets of a plain np.memmap of
+             the same token file (the nanoGPT / Megatron way). With CUDA: also batches copied to the GPU.
+memory       resident memory of a DataLoader worker after 20k random samples, for a 10M- and a 100M-sample
+             index (synthetic: one long document, the real index format, sparse token files)
+first_batch  a fresh process: imports, then PileDataset + PileSampler + DataLoader(1 worker) to the first batch,
+             on the 10M-sample index
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(os.environ.get("PILESTORE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SEQ_LEN, CONTEXT = 2048, 512
+
+
+def emit(section: str, **fields: object) -> None:
+    print(json.dumps({"section": section, **fields}), flush=True)
+
+
+def prepare(work: Path, corpus: Path, vocab_size: int) -> Path:
+    """The sample corpus ingested, a BPE trained on it, tokenized with seq_len 2048 indexes (kept in work/)."""
+    import pilestore
+    from pilestore.indexes import build_indexes
+    from pilestore.ingest import ingest
+    from pilestore.tokenizer import TrainSettings, train_tokenizer
+    from pilestore.tokens import TokenView, tokenize
+
+    store_dir = work / "sample.store"
+    if (store_dir / "tokens").exists():
+        return store_dir
+    ingest([corpus], store_dir)
+    model = work / "tok.model"
+    train_tokenizer(pilestore.open(store_dir), model, TrainSettings(sample_mb=10, options={"vocab_size": vocab_size}))
+    result = tokenize(pilestore.open(store_dir), model, threads=os.cpu_count() or 1)
+    build_indexes(TokenView(Path(result["view"])), pilestore.open(store_dir), SEQ_LEN, CONTEXT, "bestfit")
+    return store_dir
+
+
+class MemmapWindows:
+    """The baseline: window i is tokens[offset_i : offset_i + seq_len + 1] of one flat np.memmap."""
+
+    def __init__(self, path: Path, dtype: str, n: int, seed: int = 0) -> None:
+        self.path, self.dtype, self.n = path, dtype, n
+        size = os.path.getsize(path) // np.dtype(dtype).itemsize
+        self.offsets = np.random.default_rng(seed).integers(0, size - SEQ_LEN - 1, n)
+        self.tokens: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        if self.tokens is None:
+            self.tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
+        x = torch.from_numpy(self.tokens[self.offsets[i] : self.offsets[i] + SEQ_LEN + 1].astype(np.int64))
+        return {"input_ids": x[:-1], "labels": x[1:]}
+
+
+def rate(loader, batches: int, device: str | None = None) -> tuple[float, int]:  # noqa: ANN001
+    """Samples per second over `batches` batches after the first; and target tokens seen."""
+    it = iter(loader)
+    first = next(it)
+    sync = None
+    if device:
+        import torch
+
+        sync = torch.cuda.synchronize
+        first["input_ids"].to(device, non_blocking=True)
+    started, samples, targets = time.perf_counter(), 0, 0
+    for _ in range(batches):
+        batch = next(it)
+        if device:
+            batch["input_ids"].to(device, non_blocking=True)
+            batch["labels"].to(device, non_blocking=True)
+        samples += len(batch["input_ids"])
+        targets += int((batch["labels"] != -100).sum())
+    if sync is not None:
+        sync()
+    return samples / (time.perf_counter() - started), targets
+
+
+def bench_loader(store_dir: Path, batch: int, batches: int) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    import pilestore
+    from pilestore.torch import PileDataset, PileSampler, collate
+
+    store = pilestore.open(store_dir)
+    ds = PileDataset(store, "train", seq_len=SEQ_LEN, context=CONTEXT)
+    part = ds._view.folder / "p00000.tokens"
+    devices = [None] + (["cuda"] if torch.cuda.is_available() else [])
+    for workers in (1, 2):
+        for device in devices:
+            pin = device is not None
+            n = (batches + 1) * batch
+            sampler = PileSampler(ds, num_replicas=1, rank=0, seed=1)
+            repeat = [i for _ in range(-(-n // len(ds))) for i in sampler][:n]  # epochs of the shuffled order
+            ours = DataLoader(
+                ds, batch_size=batch, sampler=repeat, num_workers=workers, collate_fn=collate, pin_memory=pin
+            )
+            base = DataLoader(MemmapWindows(part, ds._view.dtype.name, n), batch_size=batch, shuffle=False,
+                              num_workers=workers, pin_memory=pin)  # fmt: skip
+            base_rate, _ = rate(base, batches, device)
+            our_rate, targets = rate(ours, batches, device)
+            emit(
+                "loader",
+                workers=workers,
+                device=device or "cpu",
+                batch=batch,
+                samples=batches * batch,
+                pilestore_samples_per_s=round(our_rate),
+                memmap_samples_per_s=round(base_rate),
+                ratio=round(our_rate / base_rate, 3),
+                pilestore_tokens_per_s=round(our_rate * SEQ_LEN),
+                target_fraction=round(targets / (batches * batch * SEQ_LEN), 4),
+            )
+
+
+def column(scratch: Path, name: str, dtype: str, n: int) -> np.ndarray:
+    return np.lib.format.open_memmap(scratch / f"{name}.npy", mode="w+", dtype=dtype, shape=(n,))
+
+
+def write_arrow(path: Path, columns: dict[str, np.ndarray]) -> None:
+    import pyarrow as pa
+
+    table = pa.table({k: pa.array(v) for k, v in columns.items()})  # numeric numpy: wrapped, not copied
+    with open(path, "wb") as fh, pa.ipc.new_file(fh, table.schema) as writer:
+        writer.write_table(table)
+
+
+def synthetic_store(work: Path, n: int) -> Path:
+    """A store of one document whose eval view (seq_len 2048, context 512) has exactly n windows."""
+    from pilestore.ingest import ingest
+
+    folder = work / f"synthetic-{n}"
+    store_dir = folder / "s.store"
+    if (store_dir / "tokens" / "synthetic-000000000000" / "view.json").exists():
+        return store_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    shard = folder / "one.jsonl"
+    shard.write_text(json.dumps({"text": "one long synthetic document", "meta": {"pile_set_name": "Pile-CC"}}) + "\n")
+    ingest([shard], store_dir)
+    pred = SEQ_LEN - CONTEXT + 1
+    total = SEQ_LEN + (n - 1) * pred  # every window full
+    view = store_dir / "tokens" / "synthetic-000000000000"
+    (view / "samples").mkdir(parents=True)
+    for suffix, itemsize in ((".tokens", 2), (".bytes", 4)):
+        with open(view / f"p00000{suffix}", "wb") as fh:
+            fh.truncate(total * itemsize)  # sparse: reads give zeros, nothing is stored
+    write_arrow(
+        view / "p00000.arrow", {"start": np.array([0]), "n_tokens": np.array([total]), "n_bytes": np.array([total])}
+    )
+    scratch = folder / "scratch"
+    scratch.mkdir(exist_ok=True)
+    spans = {k: column(scratch, k, t, n) for k, t in (("doc", "int64"), ("eod", "uint8"), ("start", "int64"),
+             ("context", "int32"), ("target", "int32"), ("n_bytes", "int64"), ("by_sample", "int64"))}  # fmt: skip
+    samples = {k: column(scratch, k + "_s", t, n) for k, t in (("span_begin", "int64"), ("n_spans", "int32"),
+               ("n_tokens", "int32"), ("n_bytes", "int64"), ("subset", "int16"), ("by_subset", "int64"))}  # fmt: skip
+    step = 10_000_000
+    for a in range(0, n, step):
+        k = np.arange(a, min(n, a + step), dtype=np.int64)
+        later = k > 0
+        spans["doc"][k] = 0
+        spans["eod"][k] = (~later).astype(np.uint8)
+        spans["start"][k] = np.where(later, SEQ_LEN + (k - 1) * pred - CONTEXT, 0)
+        spans["context"][k] = np.where(later, CONTEXT, 0)
+        spans["target"][k] = np.where(later, pred, SEQ_LEN)
+        spans["n_bytes"][k] = 0
+        spans["by_sample"][k] = k
+        samples["span_begin"][k] = k
+        samples["n_spans"][k] = 1
+        samples["n_tokens"][k] = SEQ_LEN + 1
+        samples["n_bytes"][k] = 0
+        samples["subset"][k] = 0
+        samples["by_subset"][k] = k
+    name = f"eval-L{SEQ_LEN}-C{CONTEXT}"
+    write_arrow(view / "samples" / f"{name}.spans.arrow", spans)
+    write_arrow(view / "samples" / f"{name}.samples.arrow", {k.removesuffix("_s"): v for k, v in samples.items()})
+    for f in scratch.iterdir():
+        f.unlink()
+    scratch.rmdir()
+    info = {"name": name, "kind": "eval", "seq_len": SEQ_LEN, "context": CONTEXT, "packing": None, "split": "all",
+            "val_fraction": None, "samples": n, "subsets": ["Pile-CC"], "subset_samples": [n]}  # fmt: skip
+    (view / "samples" / f"{name}.json").write_text(json.dumps(info))
+    meta = {"tokenizer": {"file": "synthetic", "sha256": "0" * 64, "vocab_size": 32000, "eod_id": 2},
+            "dtype": "uint16", "documents": 1, "tokens": total, "bytes": total, "partitions": [{"p": 0}]}  # fmt: skip
+    (view / "view.json").write_text(json.dumps(meta))
+    return store_dir
+
+
+WORKER_MEMORY = """
+import json, sys, time
+import numpy as np
+from torch.utils.data import DataLoader
+import pilestore
+from pilestore.torch import PileDataset, PileSampler, collate
+ds = PileDataset(pilestore.open(sys.argv[1]), "eval", seq_len=2048, context=512)
+sampler = PileSampler(ds, num_replicas=1, rank=0, seed=3)
+loader = DataLoader(ds, batch_size=16, sampler=sampler, num_workers=1, collate_fn=collate)
+it = iter(loader)
+def status(pid):
+    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+    return {k: int(fields[k].split()[0]) // 1024 for k in ("VmRSS", "RssAnon", "RssFile")}
+next(it)
+pid = it._workers[0].pid
+before = status(pid)
+for _ in range(int(sys.argv[2]) // 16):
+    next(it)
+print(json.dumps({"samples": len(ds), "after_first_batch_mb": before, "after_mb": status(pid)}))
+"""
+
+FIRST_BATCH = """
+import time
+t0 = time.perf_counter()
+import sys, json
+import torch
+from torch.utils.data import DataLoader
+import pilestore
+from pilestore.torch import PileDataset, PileSampler, collate
+t1 = time.perf_counter()
+ds = PileDataset(pilestore.open(sys.argv[1]), "eval", seq_len=2048, context=512)
+sampler = PileSampler(ds, num_replicas=1, rank=0)
+batch = next(iter(DataLoader(ds, batch_size=16, sampler=sampler, num_workers=1, collate_fn=collate)))
+t2 = time.perf_counter()
+print(json.dumps({"samples": len(ds), "imports_s": round(t1 - t0, 3), "first_batch_s": round(t2 - t1, 3)}))
+"""
+
+
+def run_python(code: str, *args: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, default=SHARED / "corpus" / "sample.jsonl.zst")
+    parser.add_argument("--work", type=Path, default=None, help="folder kept between runs (default: a temp folder)")
+    parser.add_argument("--parts", default="loader,memory,first_batch")
+    parser.add_argument("--vocab-size", type=int, default=32000)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batches", type=int, default=600)
+    parser.add_argument("--sizes", default="10000000,100000000", help="sample counts of the synthetic indexes")
+    parser.add_argument("--memory-samples", type=int, default=20_000)
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    with tempfile.TemporaryDirectory(prefix="pilestore-torch-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if "loader" in parts:
+            bench_loader(prepare(work, args.corpus, args.vocab_size), args.batch, args.batches)
+        sizes = [int(s) for s in args.sizes.split(",")]
+        for n in sizes if parts & {"memory", "first_batch"} else []:
+            started = time.perf_counter()
+            store_dir = synthetic_store(work, n)
+            emit("synthetic_index", samples=n, build_s=round(time.perf_counter() - started, 1))
+            if "memory" in parts:
+                emit("worker_memory", **run_python(WORKER_MEMORY, str(store_dir), str(args.memory_samples)))
+            if "first_batch" in parts and n == sizes[0]:
+                emit("first_batch", **run_python(FIRST_BATCH, str(store_dir)))
+    import torch
+
+    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {os.cpu_count()} cpus", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

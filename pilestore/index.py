@@ -75,3 +75,16 @@ def open_index(path: Path, expected_rows: int) -> PartitionIndex:
     if batch.num_rows != expected_rows:
         raise StoreFormatError(f"{path}: index has {batch.num_rows} rows, the manifest says {expected_rows}")
     return PartitionIndex(path=path, **columns)
+
+
+def map_columns(path: Path, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The columns of a one-batch Arrow IPC file as read-only numpy views of its memory map (no copy: opening
+    costs a footer read whatever the number of rows; table.column(...).combine_chunks() would copy)."""
+    try:
+        reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+        if reader.num_record_batches != 1:
+            raise StoreFormatError(f"{path}: {reader.num_record_batches} record batches, expected 1; rebuild it")
+        batch = reader.get_batch(0)
+        return {n: batch.column(n).to_numpy(zero_copy_only=True) for n in names or batch.schema.names}
+    except (pa.ArrowException, OSError) as err:
+        raise StoreFormatError(f"{path}: unreadable Arrow file ({err}); rebuild it or run `pilestore verify`") from err

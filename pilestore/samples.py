@@ -23,12 +23,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import PilestoreError
+from .index import map_columns
 from .manifest import write_atomic
 from .splits import split_suffix
 from .tokens import TokenView
@@ -215,7 +215,6 @@ class SampleIndex:
     """An index written by write_index, memory-mapped."""
 
     def __init__(self, view: TokenView, name: str) -> None:
-        import pyarrow as pa
 
         self.view = view
         folder = view.folder / SAMPLES_DIR
@@ -223,8 +222,8 @@ class SampleIndex:
             self.info = json.loads((folder / f"{name}.json").read_text())
         except FileNotFoundError:
             raise PilestoreError(f"{folder / name}: no such sample index; build it with `pilestore index`") from None
-        self.spans = {k: v.to_numpy() for k, v in zip(*_columns(pa, folder / f"{name}.spans.arrow"), strict=True)}
-        self.samples = {k: v.to_numpy() for k, v in zip(*_columns(pa, folder / f"{name}.samples.arrow"), strict=True)}
+        self.spans = map_columns(folder / f"{name}.spans.arrow")
+        self.samples = map_columns(folder / f"{name}.samples.arrow")
         if "subsets" not in self.info or "subset" not in self.samples:
             raise PilestoreError(f"{folder / name}: written by an older pilestore; rebuild it with `pilestore index`")
         self.seq_len = int(self.info["seq_len"])
@@ -286,8 +285,3 @@ class SampleIndex:
         return Sample(
             x[:-1], labels, positions[:-1], np.asarray(lengths, np.int64), spans, int(self.samples["n_bytes"][i])
         )
-
-
-def _columns(pa: Any, path: Path) -> tuple[list[str], list[Any]]:
-    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
-    return table.column_names, [table.column(n).combine_chunks() for n in table.column_names]

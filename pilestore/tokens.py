@@ -214,11 +214,10 @@ class TokenView:
     def partition(self, p: int) -> PartitionTokens:
         found = self._parts.get(p)
         if found is None:
-            import pyarrow as pa
+            from .index import map_columns
 
             stem = self.folder / f"p{p:05d}"
-            table = pa.ipc.open_file(pa.memory_map(str(stem.with_suffix(".arrow")))).read_all()
-            columns = {name: table.column(name).to_numpy() for name in ("start", "n_tokens", "n_bytes")}
+            columns = map_columns(stem.with_suffix(".arrow"), ["start", "n_tokens", "n_bytes"])
             found = self._parts[p] = PartitionTokens(
                 tokens=np.memmap(stem.with_suffix(".tokens"), dtype=self.dtype, mode="r"),
                 byte_ends=np.memmap(stem.with_suffix(".bytes"), dtype=np.uint32, mode="r"),

@@ -145,6 +145,22 @@ def test_samples_read_back_as_shifted_inputs_and_labels(view: TokenView, small_s
         index[len(index)]
 
 
+def test_indexes_and_views_are_mapped_not_copied(view: TokenView, small_store: Path) -> None:
+    """Opening reads no column into memory (a copy would be writeable and cost the index's size per worker)."""
+    build_index(view, pilestore.open(small_store), IndexShape("train", 64, 16, "bestfit"))
+    index = SampleIndex(view, "train-L64-C16-bestfit")
+    part = view.partition(0)
+    mapped = []  # address ranges of this process's mappings of the view's files (Linux)
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[5].startswith(str(view.folder)):
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            mapped.append((lo, hi))
+    arrays = {**index.spans, **index.samples, "start": part.start, "n_tokens": part.n_tokens}
+    for name, a in arrays.items():
+        assert any(lo <= a.ctypes.data < hi for lo, hi in mapped), f"{name} is a copy, not a view of its file"
+
+
 def test_val_split_holds_out_whole_documents_by_text_hash(view: TokenView, small_store: Path) -> None:
     from pilestore.indexes import document_table
     from pilestore.splits import in_split

@@ -3,6 +3,7 @@
   python benchmarks/bench_torch.py                         # all parts; ~5 minutes and ~16 GB of disk
   python benchmarks/bench_torch.py --parts loader --work W  # reuse a store prepared in W by an earlier run
 
+in_process   ds[i] per second in one process, next to the same number of np.memmap windows read in a plain loop
 loader       samples/s and tokens/s at seq_len 2048, shuffled, from a DataLoader with 1 worker (and 2), over the
              sample corpus tokenized with a 32k BPE: PileDataset + PileSampler + collate, next to the same
              DataLoader reading the same number of 2049-token windows at random offsets of a plain np.memmap of
@@ -107,6 +108,25 @@ def bench_loader(store_dir: Path, batch: int, batches: int) -> None:
     store = pilestore.open(store_dir)
     ds = PileDataset(store, "train", seq_len=SEQ_LEN, context=CONTEXT)
     part = ds._view.folder / "p00000.tokens"
+    n = batches * batch
+    order = np.random.default_rng(2).integers(0, len(ds), n).tolist()
+    windows = MemmapWindows(part, ds._view.dtype.name, n)
+    started = time.perf_counter()
+    for i in range(n):
+        windows[i]
+    loop_rate = n / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for i in order:
+        ds[i]
+    item_rate = n / (time.perf_counter() - started)
+    emit(
+        "in_process",
+        samples=n,
+        pilestore_items_per_s=round(item_rate),
+        memmap_windows_per_s=round(loop_rate),
+        ratio=round(item_rate / loop_rate, 3),
+        pilestore_tokens_per_s=round(item_rate * SEQ_LEN),
+    )
     devices = [None] + (["cuda"] if torch.cuda.is_available() else [])
     for workers in (1, 2):
         for device in devices:

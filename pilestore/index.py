@@ -12,6 +12,7 @@ store, so `pilestore sample` never pays for it.
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,7 @@ class PartitionIndex:
 def open_index(path: Path, expected_rows: int) -> PartitionIndex:
     """Map an index file; StoreFormatError if it is unreadable, has the wrong schema or row count."""
     try:
-        source = pa.memory_map(str(path), "r")
-        reader = pa.ipc.open_file(source)
+        reader = pa.ipc.open_file(_map_random(path))
         if reader.num_record_batches != 1 or not reader.schema.equals(SCHEMA, check_metadata=False):
             raise StoreFormatError(
                 f"{path}: not a pilestore index (schema {reader.schema}, "
@@ -81,10 +81,23 @@ def map_columns(path: Path, names: list[str] | None = None) -> dict[str, np.ndar
     """The columns of a one-batch Arrow IPC file as read-only numpy views of its memory map (no copy: opening
     costs a footer read whatever the number of rows; table.column(...).combine_chunks() would copy)."""
     try:
-        reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+        reader = pa.ipc.open_file(_map_random(path))
         if reader.num_record_batches != 1:
             raise StoreFormatError(f"{path}: {reader.num_record_batches} record batches, expected 1; rebuild it")
         batch = reader.get_batch(0)
         return {n: batch.column(n).to_numpy(zero_copy_only=True) for n in names or batch.schema.names}
     except (pa.ArrowException, OSError) as err:
         raise StoreFormatError(f"{path}: unreadable Arrow file ({err}); rebuild it or run `pilestore verify`") from err
+
+
+def _map_random(path: Path) -> pa.Buffer:
+    """The file memory-mapped read-only with MADV_RANDOM: look-ups fault in the pages they touch and no
+    read-ahead around them, so resident memory follows what is read, not the size of the file."""
+    with open(path, "rb") as fh:
+        try:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file cannot be mapped; Arrow says what is wrong with it
+            return pa.py_buffer(b"")
+    if hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    return pa.py_buffer(mapped)

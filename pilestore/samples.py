@@ -20,6 +20,7 @@ This module reads indexes (numpy and pyarrow only); windows.py builds them with 
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from .manifest import write_atomic
 from .splits import split_suffix
 from .tokens import TokenView
 
+_ARANGE = np.arange(1 << 16, dtype=np.int64)
 IGNORE = -100  # label of a position that is not predicted (PyTorch cross_entropy's ignore_index)
 SAMPLES_DIR = "samples"
 
@@ -229,7 +231,7 @@ class SampleIndex:
         self.seq_len = int(self.info["seq_len"])
         self.subset_names: list[str] = list(self.info["subsets"])
         self.subset_samples = np.asarray(self.info["subset_samples"], dtype=np.int64)
-        self._doc_first: np.ndarray | None = None
+        self._doc_first: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.samples["span_begin"])
@@ -237,51 +239,40 @@ class SampleIndex:
     def _locate(self, doc: int) -> tuple[int, int]:
         if self._doc_first is None:
             counts = [len(self.view.partition(p).n_tokens) for p in range(self.view.num_partitions)]
-            self._doc_first = np.concatenate(([0], np.cumsum(counts)))
-        p = int(np.searchsorted(self._doc_first, doc, side="right") - 1)
-        return p, doc - int(self._doc_first[p])
+            self._doc_first = np.concatenate(([0], np.cumsum(counts))).tolist()
+        p = bisect.bisect_right(self._doc_first, doc) - 1
+        return p, doc - self._doc_first[p]
 
     def __getitem__(self, i: int) -> Sample:
         if not -len(self) <= i < len(self):
             raise IndexError(f"sample {i} out of range for {len(self)} samples")
         i %= len(self)
         first = int(self.samples["span_begin"][i])
-        count = int(self.samples["n_spans"][i])
+        rows = self.spans["by_sample"][first : first + int(self.samples["n_spans"][i])]
+        columns = ("doc", "eod", "start", "context", "target", "n_bytes")
+        values = zip(*(self.spans[c][rows].tolist() for c in columns), strict=True)
+        spans = [dict(zip(columns, v, strict=True)) for v in values]
         size = self.seq_len + 1
         x = np.zeros(size, dtype=np.int64)  # padding id 0 ([PAD] in the Pile configuration)
-        is_target = np.zeros(size, dtype=bool)
+        labels = np.full(size - 1, IGNORE, dtype=np.int64)  # labels[j] predicts x[j + 1]
         positions = np.zeros(size, dtype=np.int64)
-        lengths, spans = [], []
+        lengths = []
         at = 0
-        for k in self.spans["by_sample"][first : first + count]:
-            doc = int(self.spans["doc"][k])
-            eod, start = int(self.spans["eod"][k]), int(self.spans["start"][k])
-            context, target = int(self.spans["context"][k]), int(self.spans["target"][k])
-            p, local = self._locate(doc)
+        for span in spans:
+            eod, context, target = span["eod"], span["context"], span["target"]
+            p, local = self._locate(span["doc"])
             part = self.view.partition(p)
-            offset = int(part.start[local]) + start
-            tokens = part.tokens[offset : offset + context + target]
+            offset = int(part.start[local]) + span["start"]
             n = eod + context + target
             if eod:
                 x[at] = self.view.eod_id
-            x[at + eod : at + n] = tokens
-            is_target[at + n - target : at + n] = True
-            positions[at : at + n] = np.arange(n)
+            x[at + eod : at + n] = part.tokens[offset : offset + context + target]
+            labels[at + n - target - 1 : at + n - 1] = x[at + n - target : at + n]
+            positions[at : at + n] = _ARANGE[:n] if n <= len(_ARANGE) else np.arange(n)
             lengths.append(n)
-            spans.append(
-                {
-                    "doc": doc,
-                    "eod": eod,
-                    "start": start,
-                    "context": context,
-                    "target": target,
-                    "n_bytes": int(self.spans["n_bytes"][k]),
-                }
-            )
             at += n
         if at < size:
             lengths.append(size - at)
-        labels = np.where(is_target[1:], x[1:], IGNORE)
         return Sample(
             x[:-1], labels, positions[:-1], np.asarray(lengths, np.int64), spans, int(self.samples["n_bytes"][i])
         )

@@ -15,6 +15,7 @@ A different tokenizer gives a different directory; tokenizing a store again does
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 from collections.abc import Callable
@@ -219,8 +220,8 @@ class TokenView:
             stem = self.folder / f"p{p:05d}"
             columns = map_columns(stem.with_suffix(".arrow"), ["start", "n_tokens", "n_bytes"])
             found = self._parts[p] = PartitionTokens(
-                tokens=np.memmap(stem.with_suffix(".tokens"), dtype=self.dtype, mode="r"),
-                byte_ends=np.memmap(stem.with_suffix(".bytes"), dtype=np.uint32, mode="r"),
+                tokens=_random_memmap(stem.with_suffix(".tokens"), self.dtype),
+                byte_ends=_random_memmap(stem.with_suffix(".bytes"), np.dtype(np.uint32)),
                 **columns,
             )
         return found
@@ -232,6 +233,15 @@ class TokenView:
             if self.num_partitions
             else np.zeros(0, np.int64)
         )
+
+
+def _random_memmap(path: Path, dtype: np.dtype) -> np.ndarray:
+    """np.memmap with MADV_RANDOM (samples are read at random: no read-ahead around each one)."""
+    array = np.memmap(path, dtype=dtype, mode="r")
+    mapped = getattr(array, "_mmap", None)
+    if mapped is not None and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    return array
 
 
 def find_view(store: Store, tokenizer_path: Path | None) -> TokenView:

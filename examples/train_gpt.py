@@ -124,6 +124,10 @@ def main() -> None:
     shape = {"seq_len": args.seq_len, "context": args.context, "tokenizer": args.tokenizer}
     dataset = PileDataset(store, "train", weights=weights, **split, **shape)
     sampler = PileSampler(dataset, seed=args.seed)  # rank and world size from torch.distributed
+    if rank == 0 and weights:
+        for row in dataset.realised():  # exact, from the index: what an epoch of this mixture holds
+            print(f"mixture {row['subset']:<20} x{row['weight']:g}: {row['positions']:,} samples per epoch, "
+                  f"{row['share_bytes']:.1%} of its bytes", flush=True)  # fmt: skip
     steps_per_epoch = sampler.positions_per_epoch // args.global_batch
     vocab = dataset.vocab_size
     model = GPT(vocab, args.seq_len, args.dim, args.layers, args.heads).to(device)

@@ -144,3 +144,21 @@ def test_sample_step_shows_what_each_rank_read_at_that_step(
         assert [[s["doc"] for s in row["spans"]] for row in shown["samples"]] == [
             [s["doc"] for s in ds.index[e].spans] for e in expected
         ]
+
+
+def test_mixture_command_reports_what_the_dataset_realises(dataset_store: pilestore.Store, model: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from pilestore.cli import cli
+
+    weights = {"Wikipedia (en)": 3.0, "Github": 0.5}
+    ds = PileDataset(dataset_store, "train", seq_len=256, context=64, weights=weights, tokenizer=model)
+    args = ["mixture", "--store", str(dataset_store.path), "--tokenizer", str(model), "--seq-len", "256", "--json"]
+    result = CliRunner().invoke(cli, [*args, "--weight", "Wikipedia (en)=3", "--weight", "Github=0.5"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["samples_per_epoch"] == len(ds) and shown["subsets"] == ds.realised()
+    bad = CliRunner().invoke(cli, [*args, "--weight", "Nope=2"])
+    assert bad.exit_code == 2 and "unknown subsets" in bad.output

@@ -106,11 +106,13 @@ def test_exclusions_added_on_resume_skip_ahead_but_never_behind() -> None:
         PileSampler(data, num_replicas=1, rank=0, seed=4).load_state_dict(state_with)
 
 
-def _rank_main(rank: int, world: int, init_file: str, queue: mp.Queue) -> None:
+def _rank_main(rank: int, world: int, workers: int, init_file: str, queue: mp.Queue) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        sampler = PileSampler(Numbers(64), seed=5)  # rank and world from torch.distributed
-        got = torch.tensor(list(sampler))
+        data = Numbers(64)
+        sampler = PileSampler(data, seed=5)  # rank and world from torch.distributed
+        loader = DataLoader(data, batch_size=4, sampler=sampler, num_workers=workers)
+        got = torch.cat([batch for batch in loader])
         gathered = [torch.zeros_like(got) for _ in range(world)]
         dist.all_gather(gathered, got)
         if rank == 0:
@@ -119,13 +121,13 @@ def _rank_main(rank: int, world: int, init_file: str, queue: mp.Queue) -> None:
         dist.destroy_process_group()
 
 
-def test_real_gloo_ranks_read_disjoint_shards() -> None:
-    world = 2
+@pytest.mark.parametrize(("world", "workers"), [(2, 0), (4, 2)])
+def test_real_gloo_ranks_read_disjoint_shards(world: int, workers: int) -> None:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
-        procs = [ctx.Process(target=_rank_main, args=(r, world, init_file, queue)) for r in range(world)]
+        procs = [ctx.Process(target=_rank_main, args=(r, world, workers, init_file, queue)) for r in range(world)]
         for p in procs:
             p.start()
         result = queue.get(timeout=120)
@@ -133,4 +135,4 @@ def test_real_gloo_ranks_read_disjoint_shards() -> None:
             p.join(timeout=60)
     assert all(p.exitcode == 0 for p in procs)
     assert sorted(itertools.chain(*result)) == list(range(64))
-    assert result == [list(PileSampler(Numbers(64), num_replicas=2, rank=r, seed=5)) for r in range(2)]
+    assert result == [list(PileSampler(Numbers(64), num_replicas=world, rank=r, seed=5)) for r in range(world)]

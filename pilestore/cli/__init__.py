@@ -53,7 +53,7 @@ def _register() -> None:
     from . import tokens as tokens_cmd
 
     cli.add_command(ingest_cmd.ingest)
-    for command in (tokens_cmd.train_tokenizer, tokens_cmd.tokenize, tokens_cmd.index):
+    for command in (tokens_cmd.train_tokenizer, tokens_cmd.tokenize, tokens_cmd.index, tokens_cmd.mixture):
         cli.add_command(command)
     for command in (store_cmd.sample, store_cmd.info, store_cmd.verify, store_cmd.export):
         cli.add_command(command)

@@ -38,3 +38,28 @@ def writable_file(ctx: click.Context, param: click.Parameter, value: Path | None
 def workers_option(help_text: str) -> Callable[[F], F]:
     """--workers/-j, at least 1; each command says what a worker is."""
     return click.option("--workers", "-j", default=1, show_default=True, type=click.IntRange(min=1), help=help_text)
+
+
+def parse_weights(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
+    """--weight 'Wikipedia (en)=3' (repeatable) -> {"Wikipedia (en)": 3.0}."""
+    weights = {}
+    for value in values:
+        name, sep, number = value.rpartition("=")
+        try:
+            weights[name] = float(number)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise click.BadParameter(f"{value!r}: expected SUBSET=EPOCHS, e.g. 'Wikipedia (en)=3'", ctx, param)
+    return weights
+
+
+def parse_ranges(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[tuple[int, int]]:
+    """--exclude START:STOP (repeatable) -> [(START, STOP)]."""
+    out = []
+    for value in values:
+        start, sep, stop = value.partition(":")
+        if not sep or not start.isdigit() or not stop.isdigit() or int(stop) < int(start):
+            raise click.BadParameter(f"{value!r}: expected START:STOP sample positions, e.g. 64000:70400", ctx, param)
+        out.append((int(start), int(stop)))
+    return out

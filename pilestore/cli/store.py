@@ -8,31 +8,8 @@ from typing import Any
 
 import click
 
-from .options import json_option, quiet_option, store_option, writable_file
+from .options import json_option, parse_ranges, parse_weights, quiet_option, store_option, writable_file
 from .ui import Ui, subset_table
-
-
-def _weight(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
-    weights = {}
-    for value in values:
-        name, sep, number = value.rpartition("=")
-        try:
-            weights[name] = float(number)
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise click.BadParameter(f"{value!r}: expected SUBSET=EPOCHS, e.g. 'Wikipedia (en)=3'", ctx, param)
-    return weights
-
-
-def _ranges(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[tuple[int, int]]:
-    out = []
-    for value in values:
-        start, sep, stop = value.partition(":")
-        if not sep or not start.isdigit() or not stop.isdigit() or int(stop) < int(start):
-            raise click.BadParameter(f"{value!r}: expected START:STOP sample positions, e.g. 64000:70400", ctx, param)
-        out.append((int(start), int(stop)))
-    return out
 
 
 @click.command()
@@ -67,11 +44,11 @@ def _ranges(ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
     "--weight",
     "weights",
     multiple=True,
-    callback=_weight,
+    callback=parse_weights,
     help="With --step: a mixture weight SUBSET=EPOCHS, as given to PileDataset (repeatable).",
 )
 @click.option("--mixture-seed", type=int, default=0, show_default=True, help="With --weight.")
-@click.option("--exclude", multiple=True, callback=_ranges, help="With --step: excluded START:STOP (repeatable).")
+@click.option("--exclude", multiple=True, callback=parse_ranges, help="With --step: excluded START:STOP (repeatable).")
 @json_option
 def sample(
     idx: int | None,

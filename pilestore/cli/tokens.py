@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .options import json_option, quiet_option, store_option, workers_option, writable_file
+from .options import json_option, parse_weights, quiet_option, store_option, workers_option, writable_file
 from .ui import Ui
 
 tokenizer_option = click.option(
@@ -250,6 +250,75 @@ def _open_index(store: Any, kind: str, fields: tuple[Any, ...]) -> Any:
         raise click.UsageError(f"--split {split} needs --val-fraction (as given to `pilestore index`)")
     view = find_view(store, tokenizer_path)
     return SampleIndex(view, find_index(view, kind, seq_len, context, packing, split, val_fraction))
+
+
+@click.command()
+@store_option
+@tokenizer_option
+@click.option("--view", "kind", type=click.Choice(["train", "eval"]), default="train", show_default=True)
+@click.option("--seq-len", type=int, default=None, help="Which index (when there are several).")
+@click.option("--context", type=int, default=None, help="Which index (when there are several).")
+@click.option("--packing", type=click.Choice(["bestfit", "greedy"]), default=None, help="With --view train.")
+@click.option("--split", type=click.Choice(["all", "train", "val"]), default="all", show_default=True)
+@click.option("--val-fraction", type=float, default=None, help="With --split train|val: the held-out fraction.")
+@click.option(
+    "--weight", "weights", multiple=True, callback=parse_weights, help="SUBSET=EPOCHS, as given to PileDataset."
+)
+@click.option("--subset", "subsets", multiple=True, help="Keep only these subsets (repeatable).")
+@click.option("--mixture-seed", type=int, default=0, show_default=True)
+@json_option
+def mixture(
+    store_dir: Path,
+    tokenizer_path: Path | None,
+    kind: str,
+    seq_len: int | None,
+    context: int | None,
+    packing: str | None,
+    split: str,
+    val_fraction: float | None,
+    weights: dict[str, float],
+    subsets: tuple[str, ...],
+    mixture_seed: int,
+    json_output: bool,
+) -> None:
+    """Show the proportions an epoch of a weighted mixture realises, per subset (exact, from the index).
+
+    Weights are epochs per subset (unnamed subsets: 1), as PileDataset(weights=...) takes them.
+
+    \b
+    Example:
+        pilestore mixture --store pile.store --weight 'Wikipedia (en)=3' --weight 'PubMed Central=2'
+    """
+    from rich.table import Table
+
+    from .. import open as open_store
+    from ..mixture import Mixture
+
+    index = _open_index(open_store(store_dir), kind, (tokenizer_path, seq_len, context, packing, split, val_fraction))
+    try:
+        mix = Mixture.of(index.subset_names, index.subset_samples, weights, list(subsets) or None, mixture_seed)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--weight/--subset") from err
+    rows = mix.realised(index.samples["by_subset"], index.samples["n_bytes"])
+    ui = Ui(json_output=json_output)
+    if json_output:
+        ui.emit_json({"index": index.info["name"], "samples_per_epoch": len(mix), "subsets": rows})
+        return
+    table = Table(title=f"{index.info['name']}: {len(mix):,} samples per epoch", title_justify="left")
+    for name in ("subset", "weight", "samples", "per epoch", "MB per epoch", "share of bytes", "before weighting"):
+        table.add_column(name, justify="left" if name == "subset" else "right")
+    total_bytes = sum(r["bytes"] for r in rows) or 1
+    for r in rows:
+        table.add_row(
+            r["subset"],
+            f"{r['weight']:g}",
+            f"{r['samples']:,}",
+            f"{r['positions']:,}",
+            f"{r['epoch_bytes'] / 1e6:,.2f}",
+            f"{r['share_bytes']:.2%}",
+            f"{r['bytes'] / total_bytes:.2%}",
+        )
+    ui.out.print(table)
 
 
 def show_sample(ui: Ui, store: Any, idx: int, kind: str, fields: tuple[Any, ...], json_output: bool) -> None:

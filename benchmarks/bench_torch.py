@@ -192,7 +192,8 @@ def synthetic_store(work: Path, n: int) -> Path:
     scratch = folder / "scratch"
     scratch.mkdir(exist_ok=True)
     spans = {k: column(scratch, k, t, n) for k, t in (("doc", "int64"), ("eod", "uint8"), ("start", "int64"),
-             ("context", "int32"), ("target", "int32"), ("n_bytes", "int64"), ("by_sample", "int64"))}  # fmt: skip
+             ("context", "int32"), ("target", "int32"), ("n_bytes", "int64"), ("subset", "int16"),
+             ("by_sample", "int64"))}  # fmt: skip
     samples = {k: column(scratch, k + "_s", t, n) for k, t in (("span_begin", "int64"), ("n_spans", "int32"),
                ("n_tokens", "int32"), ("n_bytes", "int64"), ("subset", "int16"), ("by_subset", "int64"))}  # fmt: skip
     step = 10_000_000
@@ -205,6 +206,7 @@ def synthetic_store(work: Path, n: int) -> Path:
         spans["context"][k] = np.where(later, CONTEXT, 0)
         spans["target"][k] = np.where(later, pred, SEQ_LEN)
         spans["n_bytes"][k] = 0
+        spans["subset"][k] = 0
         spans["by_sample"][k] = k
         samples["span_begin"][k] = k
         samples["n_spans"][k] = 1

@@ -3,8 +3,8 @@
     tokens/<view>/samples/<kind>-L<seq_len>-C<context>[-<packing>][-<split><val_fraction>]
         .spans.arrow, .samples.arrow, and .json (written last: an index without it does not exist)
 
-spans:   doc int64, eod uint8, start int64, context int32, target int32, n_bytes int64 (document order),
-         by_sample int64 (a permutation: the spans in sample order)
+spans:   doc int64, eod uint8, start int64, context int32, target int32, n_bytes int64, subset int16 (its
+         document's subset id; document order), by_sample int64 (a permutation: the spans in sample order)
 samples: span_begin int64 (into by_sample), n_spans int32, n_tokens int32 (x-tokens used of seq_len + 1),
          n_bytes int64, subset int16 (the subset of the span with the most targets; ties: the first span),
          by_subset int64 (a permutation: samples grouped by subset, in sample order within a subset)
@@ -125,6 +125,7 @@ def write_index(
                 "context": spans.context,
                 "target": spans.target,
                 "n_bytes": n_bytes,
+                "subset": doc_subset[spans.doc].astype(np.int16),
                 "by_sample": by_sample,
             }
         ),
@@ -226,7 +227,7 @@ class SampleIndex:
             raise PilestoreError(f"{folder / name}: no such sample index; build it with `pilestore index`") from None
         self.spans = map_columns(folder / f"{name}.spans.arrow")
         self.samples = map_columns(folder / f"{name}.samples.arrow")
-        if "subsets" not in self.info or "subset" not in self.samples:
+        if "subsets" not in self.info or "subset" not in self.samples or "subset" not in self.spans:
             raise PilestoreError(f"{folder / name}: written by an older pilestore; rebuild it with `pilestore index`")
         self.seq_len = int(self.info["seq_len"])
         self.subset_names: list[str] = list(self.info["subsets"])
@@ -249,7 +250,7 @@ class SampleIndex:
         i %= len(self)
         first = int(self.samples["span_begin"][i])
         rows = self.spans["by_sample"][first : first + int(self.samples["n_spans"][i])]
-        columns = ("doc", "eod", "start", "context", "target", "n_bytes")
+        columns = ("doc", "eod", "start", "context", "target", "n_bytes", "subset")
         values = zip(*(self.spans[c][rows].tolist() for c in columns), strict=True)
         spans = [dict(zip(columns, v, strict=True)) for v in values]
         size = self.seq_len + 1

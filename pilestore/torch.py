@@ -225,10 +225,6 @@ class PileDataset(torch.utils.data.Dataset):
         mix = "" if self.mixture is None else f"/{self.mixture.weights.tolist()}/{mixture_seed}"
         key = f"{self._view.meta['tokenizer']['sha256']}/{self.name}/{len(self._index)}{mix}"
         self.fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
-        self._subset_of_part: list[np.ndarray] = [
-            np.array([self.subsets.index(name) for name in part["subsets"]], dtype=np.int64)
-            for part in store.manifest["partitions"]
-        ]
 
     @property
     def vocab_size(self) -> int:
@@ -274,10 +270,6 @@ class PileDataset(torch.utils.data.Dataset):
             raise IndexError(f"sample {i} out of range for a dataset of {self._length} samples")
         sample_id = int(self.sample_ids([i])[0]) if self.mixture is not None else i % self._length
         sample = self.index[sample_id]
-        subsets = []
-        for span in sample.spans:
-            p, local = self.store.locate(span["doc"])
-            subsets.append(self._subset_of_part[p][self.store.index(p).subset[local]])
         return {
             "input_ids": torch.from_numpy(sample.input_ids),
             "labels": torch.from_numpy(sample.labels),
@@ -285,7 +277,7 @@ class PileDataset(torch.utils.data.Dataset):
             "doc_lengths": torch.from_numpy(sample.doc_lengths),
             "n_bytes": torch.tensor(sample.n_bytes, dtype=torch.int64),
             "span_bytes": torch.tensor([span["n_bytes"] for span in sample.spans], dtype=torch.int64),
-            "subset": torch.tensor(subsets, dtype=torch.int64),
+            "subset": torch.tensor([span["subset"] for span in sample.spans], dtype=torch.int64),
             "sample": torch.tensor(sample_id, dtype=torch.int64),
         }
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import partition
 from .codec import CompressionSettings, Compressor, train_dictionaries
-from .document import checksum, dump_json, encode_text, is_plain, subset_of
+from .document import checksum, dump_json, encode_text, is_plain, row_checksum, subset_of
 from .errors import LineError, SourceError
 from .index import write_index
 from .manifest import now, write_atomic
@@ -90,24 +90,25 @@ class _PartitionWriter:
     def add(self, subset: str, data: bytes, rest: dict[str, Any]) -> None:
         """Queue one document; it is compressed and written with its batch."""
         sid = self.subset_ids.setdefault(subset, len(self.subset_ids))
-        digest = checksum(data)
-        self.pending.append((subset, sid, data, digest, self._rest(rest, subset)))
+        stored_rest, rest_text = self._rest(rest, subset)
+        self.pending.append((subset, sid, data, row_checksum(data, subset, rest_text), stored_rest))
         self.text_bytes.append(len(data))
         self.subsets.append(sid)
-        self.checksums.append(digest)
+        self.checksums.append(checksum(data))  # the index holds the text's own checksum
         self.pending_bytes += len(data)
         if len(self.pending) >= BATCH_ROWS or self.pending_bytes >= BATCH_BYTES:
             self.flush()
 
-    def _rest(self, rest: dict[str, Any], subset: str) -> str | int | None:
-        """NULL for a plain {"meta": {"pile_set_name": subset}}, else an interned id or the JSON text."""
+    def _rest(self, rest: dict[str, Any], subset: str) -> tuple[str | int | None, str | None]:
+        """(what the row stores, the JSON text): NULL for a plain {"meta": {"pile_set_name": subset}}, else an
+        interned id or the JSON text itself."""
         if is_plain(rest, subset):
-            return None
+            return None, None
         text = dump_json(rest).decode()
         found = self.rest_ids.get(text)
         if found is None and len(self.rest_ids) < MAX_INTERNED_RESTS:
             found = self.rest_ids[text] = len(self.rest_ids)
-        return text if found is None else found
+        return (text if found is None else found), text
 
     def flush(self) -> None:
         if self.pending:

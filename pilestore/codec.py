@@ -172,8 +172,13 @@ class Decompressor:
     def __init__(self, dictionaries: Iterable[tuple[int, bytes | None]]) -> None:
         self._dctx: dict[int, zstandard.ZstdDecompressor] = {}
         for codec, data in dictionaries:
-            dict_data = zstandard.ZstdCompressionDict(data) if data is not None else None
-            self._dctx[codec] = zstandard.ZstdDecompressor(dict_data=dict_data)
+            try:
+                dict_data = zstandard.ZstdCompressionDict(data) if data is not None else None
+                self._dctx[codec] = zstandard.ZstdDecompressor(dict_data=dict_data)
+            except zstandard.ZstdError as err:
+                raise CorruptDocumentError(
+                    f"zstd dictionary {codec} is damaged ({err}); run `pilestore verify`"
+                ) from err
 
     def decompress(self, codec: int, stored: bytes, size: int) -> bytes:
         """The document's UTF-8 bytes; CorruptDocumentError (the caller adds where) if they cannot be recovered."""

@@ -56,6 +56,17 @@ def checksum(data: bytes) -> int:
     return value - (1 << 64) if value >= (1 << 63) else value
 
 
+def row_checksum(data: bytes, subset: str, rest: str | None) -> int:
+    """A partition row's checksum: xxh3_64 of the text, then its subset name and stored meta JSON, as a signed
+    int64. A damaged row cannot return another subset or another document's meta without an error."""
+    hasher = xxhash.xxh3_64(data)
+    hasher.update(b"\x00" + subset.encode("utf-8", "surrogatepass") + b"\x00")
+    if rest is not None:
+        hasher.update(rest.encode("utf-8", "surrogatepass"))
+    value = hasher.intdigest()
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
 def subset_of(rest: dict[str, Any]) -> str:
     """The `meta.pile_set_name` of a record without its text, or NO_SUBSET."""
     meta = rest.get("meta")

@@ -27,7 +27,7 @@ from typing import Any
 from .errors import IncompleteStoreError, StoreFormatError, StoreLockedError, StoreNotFoundError
 
 FORMAT_NAME = "pilestore"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: row checksums cover subset and meta
 MANIFEST = "manifest.json"
 PARTITIONS_DIR = "partitions"
 INDEX_DIR = "index"

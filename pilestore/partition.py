@@ -6,7 +6,8 @@
     rests(id, json)                   interned `rest` values that repeat (e.g. {"meta": {..., "lang": "ko"}})
     documents(id, subset, codec, size, checksum, rest, data)
         id        0-based position in the source (row id = local index, so no look-up table is needed)
-        size      UTF-8 bytes of the text; checksum: xxh3_64 of those bytes as a signed int64
+        size      UTF-8 bytes of the text; checksum: xxh3_64 of the text, then its subset name and stored rest
+                  JSON (document.row_checksum), as a signed int64
         rest      the line's JSON object without `text`: NULL when it is exactly {"meta": {"pile_set_name": S}},
                   an INTEGER id into `rests` when interned, else the JSON TEXT itself
         data      last, so reading the small columns never walks a blob's overflow pages
@@ -29,7 +30,7 @@ import apsw
 from .errors import StoreFormatError
 
 APPLICATION_ID = 0x50494C45  # "PILE" in `PRAGMA application_id`: tells our files from other SQLite files
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the checksum column covers text, subset and meta (document.row_checksum)
 PAGE_SIZE = 4096  # spilled blobs leave a leaf-sized local part: 16 KiB pages wasted 10% of the file, 4 KiB 7%
 READ_MMAP_BYTES = 1 << 40  # readers map the file: a look-up is a page-table walk, not a read() call
 

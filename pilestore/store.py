@@ -23,7 +23,7 @@ import apsw
 
 from . import partition
 from .codec import Decompressor
-from .document import Document, checksum, decode_text, load_json
+from .document import Document, decode_text, load_json, row_checksum
 from .errors import CorruptDocumentError, StoreFormatError
 from .manifest import read_manifest, subset_totals
 
@@ -64,7 +64,10 @@ class _Partition:
         """An interned rest JSON (cached: few distinct values repeat across many documents)."""
         found = self.rests.get(rest_id)
         if found is None:
-            found = partition.read_rest(self.conn, rest_id)
+            try:
+                found = partition.read_rest(self.conn, rest_id)
+            except apsw.Error as err:
+                raise CorruptDocumentError(f"meta #{rest_id} unreadable ({err})") from err
             if found is None:
                 raise CorruptDocumentError(f"refers to missing meta #{rest_id}")
             self.rests[rest_id] = found
@@ -140,12 +143,14 @@ class Store:
         part = self._open.get(p) if self._pid == os.getpid() else None
         if part is None:
             part = self._partition(p)
-        local = part.thread_state()
-        found = partition.read_row(local.cursor, row)
-        if found is None:
-            raise CorruptDocumentError(f"{self._where(p, row)}: row missing from the partition")
         try:
+            local = part.thread_state()
+            found = partition.read_row(local.cursor, row)
+            if found is None:
+                raise CorruptDocumentError("row missing from the partition")
             return self._document(self._starts[p] + row, part, local.decompressor, *found)
+        except apsw.Error as err:  # a damaged page: SQLite says so
+            raise CorruptDocumentError(f"{self._where(p, row)}: unreadable ({err}); run `pilestore verify`") from err
         except CorruptDocumentError as err:
             raise CorruptDocumentError(f"{self._where(p, row)}: {err}; run `pilestore verify`") from err
 
@@ -165,15 +170,23 @@ class Store:
         rest: str | int | None,
         stored: bytes,
     ) -> Document:
-        data = decompressor.decompress(codec, stored, size)
-        if checksum(data) != digest:
-            raise CorruptDocumentError("text does not match its checksum")
+        if type(subset_id) is not int or type(size) is not int or type(stored) is not bytes or type(rest) is bytes:
+            raise CorruptDocumentError("row fields have the wrong types")  # a damaged SQLite record
         if not 0 <= subset_id < len(part.subsets):
             raise CorruptDocumentError(f"subset id {subset_id} out of range")
         subset = part.subsets[subset_id]
-        if rest is None:
+        data = decompressor.decompress(codec, stored, size)
+        rest_text = part.rest(rest) if type(rest) is int else rest
+        if row_checksum(data, subset, rest_text) != digest:
+            raise CorruptDocumentError("text, subset or meta does not match the row's checksum")
+        if rest_text is None:
             return Document(gidx, decode_text(data), {"pile_set_name": subset}, subset)
-        record = load_json(part.rest(rest) if type(rest) is int else rest)
+        try:
+            record = load_json(rest_text)
+        except (ValueError, TypeError) as err:
+            raise CorruptDocumentError(f"stored meta is not valid JSON ({err})") from err
+        if not isinstance(record, dict):
+            raise CorruptDocumentError("stored meta is not a JSON object")
         meta = record.pop("meta", None)
         return Document(gidx, decode_text(data), meta, subset, record or None)
 
@@ -182,7 +195,17 @@ class Store:
         part = self._partition(p)
         decompressor = Decompressor(part.dictionaries)  # this generator's own: it may run beside other reads
         expected = start
-        for row, *fields in partition.iter_rows(part.conn, start):
+        rows = partition.iter_rows(part.conn, start)
+        while True:
+            try:
+                item = next(rows, None)
+            except apsw.Error as err:
+                raise CorruptDocumentError(
+                    f"{self._where(p, expected)}: unreadable ({err}); run `pilestore verify`"
+                ) from err
+            if item is None:
+                break
+            row, *fields = item
             if row != expected:
                 raise CorruptDocumentError(f"{self._where(p, expected)}: row missing from the partition")
             try:

@@ -9,8 +9,8 @@ from typing import Any
 import apsw
 
 from . import partition
-from .document import checksum
-from .errors import StoreFormatError
+from .document import checksum, encode_text
+from .errors import CorruptDocumentError, StoreFormatError
 from .shards import file_sha256
 from .store import Store
 
@@ -56,8 +56,9 @@ def _check_rows(store: Store, p: int, report: VerifyReport, on_document: Callabl
         report.problems.append(str(err))
         return
     expected_row = 0
+    decompressor = part.thread_state().decompressor
     try:
-        for row, subset, codec, size, digest, _rest, stored in partition.iter_rows(part.conn):
+        for row, subset, codec, size, digest, rest, stored in partition.iter_rows(part.conn):
             gidx = start + row
             where = f"{store.path / entry['file']}: document {gidx} (row {row})"
             if row != expected_row or row >= len(index):
@@ -67,14 +68,14 @@ def _check_rows(store: Store, p: int, report: VerifyReport, on_document: Callabl
             report.documents_checked += 1
             on_document(1)
             problem = None
-            if (index.text_bytes[row], index.subset[row], index.checksum[row]) != (size, subset, digest):
+            if (index.text_bytes[row], index.subset[row]) != (size, subset):
                 problem = "index entry differs from the partition row"
             else:
                 try:
-                    data = part.thread_state().decompressor.decompress(codec, stored, size)
-                    if checksum(data) != digest:
-                        problem = "text does not match its checksum"
-                except StoreFormatError as err:
+                    doc = store._document(gidx, part, decompressor, subset, codec, size, digest, rest, stored)  # noqa: SLF001
+                    if checksum(encode_text(doc.text)) != index.checksum[row]:
+                        problem = "index checksum differs from the text"
+                except (CorruptDocumentError, StoreFormatError) as err:
                     problem = str(err)
             if problem:
                 report.problems.append(f"{where}: {problem}")

@@ -34,7 +34,7 @@ def test_open_refuses_an_incomplete_store_and_says_how_to_finish(tmp_path: Path)
         (json.dumps({"format": "other"}).encode(), "not a pilestore manifest"),
         (
             json.dumps(
-                {"format": "pilestore", "format_version": 1, "documents": 5, "subsets": [], "partitions": []}
+                {"format": "pilestore", "format_version": 2, "documents": 5, "subsets": [], "partitions": []}
             ).encode(),
             "inconsistent manifest",
         ),

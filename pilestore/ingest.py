@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import apsw
+
 from . import __version__
 from .build import INDEX_FILE, PARTITION_FILE, RESULT_FILE, build_partition
 from .codec import CompressionSettings
@@ -139,6 +141,12 @@ def _build_one(
     """build_partition, removing its half-built folder if it fails (a killed one is removed by the next run)."""
     try:
         return build_partition(source, folder, settings, strict=strict, threads=threads, on_progress=on_progress)
+    except apsw.Error as err:  # SQLite could not write: a full disk or file-size limit, mostly
+        shutil.rmtree(folder, ignore_errors=True)
+        raise PilestoreError(
+            f"{source}: writing its partition under {folder.parent} failed ({type(err).__name__}: {err}); "
+            "is the disk full or a file-size limit reached? The store is unchanged: free space and re-run"
+        ) from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -1,0 +1,118 @@
+"""Faults with real processes: a full disk (RLIMIT_FSIZE) during ingest and tokenize, and 32 readers of a store
+while another process adds a partition to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pilestore
+from pilestore.ingest import ingest
+
+from .conftest import read_source_lines
+
+
+def limited(max_bytes: int):  # noqa: ANN201
+    """preexec_fn: files may not grow past max_bytes; writes beyond fail with EFBIG instead of killing us."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return apply
+
+
+def cli(*args: str, max_bytes: int | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pilestore", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limited(max_bytes) if max_bytes else None,
+    )
+
+
+def snapshot(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+def test_a_full_disk_fails_ingest_cleanly_and_leaves_the_store_as_it_was(sample_path: Path, tmp_path: Path) -> None:
+    lines = read_source_lines(sample_path)
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_bytes(b"\n".join(lines[:300]) + b"\n")
+    second.write_bytes(b"\n".join(lines[300:]) + b"\n")  # ~35 MB of text: its partition cannot fit in 2 MB
+    store = tmp_path / "s.store"
+    ingest([first], store)
+    before = {k: v for k, v in snapshot(store).items() if not k.startswith(".staging")}
+    done = cli("ingest", str(second), "--store", str(store), max_bytes=2_000_000)
+    assert done.returncode == 1, done.stdout + done.stderr
+    message = done.stderr.strip().splitlines()[-1]
+    assert "b.jsonl" in message or "File too large" in message or "full" in message.lower(), message
+    assert "Traceback" not in done.stderr
+    after = {k: v for k, v in snapshot(store).items() if not k.startswith(".staging")}
+    assert after == before  # the manifest, partitions and index files are untouched
+    assert len(pilestore.open(store)) == 300
+    again = cli("ingest", str(second), "--store", str(store))
+    assert again.returncode == 0, again.stderr
+    assert len(pilestore.open(store)) == len(lines)
+
+
+def test_a_full_disk_fails_tokenize_without_a_view_that_looks_complete(
+    small_store: Path, model: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    store = tmp_path / "copy.store"
+    shutil.copytree(small_store, store, ignore=shutil.ignore_patterns("tokens"))
+    done = cli("tokenize", "--store", str(store), "--tokenizer", str(model), "--seq-len", "64", "--context", "16",
+               max_bytes=300_000)  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not list((store / "tokens").glob("*/view.json"))  # no view is complete
+    again = cli("tokenize", "--store", str(store), "--tokenizer", str(model), "--seq-len", "64", "--context", "16")
+    assert again.returncode == 0, again.stderr
+    assert list((store / "tokens").glob("*/view.json"))
+
+
+READER = """
+import json, random, sys
+import pilestore
+store_dir, seed = sys.argv[1], int(sys.argv[2])
+rng = random.Random(seed)
+seen = []
+for _ in range(30):
+    store = pilestore.open(store_dir)   # each open sees one manifest, whole
+    n = len(store)
+    for _ in range(20):
+        i = rng.randrange(n)
+        doc = store[i]
+        assert doc.idx == i and isinstance(doc.text, str)
+    seen.append(n)
+print(json.dumps(seen))
+"""
+
+
+def test_32_readers_stay_consistent_while_a_partition_is_added(sample_path: Path, tmp_path: Path) -> None:
+    lines = read_source_lines(sample_path)
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_bytes(b"\n".join(lines[:2000]) + b"\n")
+    second.write_bytes(b"\n".join(lines[2000:]) + b"\n")
+    store = tmp_path / "s.store"
+    ingest([first], store)
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    readers = [subprocess.Popen([sys.executable, "-c", READER, str(store), str(seed)], **pipes) for seed in range(32)]
+    writer = cli("ingest", str(second), "--store", str(store))
+    assert writer.returncode == 0, writer.stderr
+    sizes = set()
+    for proc in readers:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        sizes |= set(json.loads(out))
+    assert sizes <= {2000, len(lines)}  # a reader sees the store before or after the commit, never in between
+    assert not any(p.name.endswith((".lock", "-wal", "-shm", "-journal")) for p in (store / "partitions").iterdir())
+    assert os.path.exists(store / "manifest.json") and len(pilestore.open(store)) == len(lines)

@@ -31,6 +31,7 @@ import numpy as np
 from .errors import PilestoreError
 from .index import map_columns
 from .manifest import write_atomic
+from .shards import file_sha256
 from .splits import split_suffix
 from .tokens import TokenView
 
@@ -140,6 +141,7 @@ def write_index(
             }
         ),
     }
+    files = {}
     for part, table in tables.items():
         path = folder / f"{name}.{part}.arrow"
         tmp = path.with_suffix(".tmp")
@@ -147,6 +149,7 @@ def write_index(
             with pa.ipc.new_file(fh, table.schema) as writer:
                 writer.write_table(table)
             os.fsync(fh.fileno())
+        files[path.name] = file_sha256(tmp)
         os.replace(tmp, path)
     slots = spans.num_samples * (seq_len + 1)
     info = {
@@ -166,6 +169,7 @@ def write_index(
         "documents_in_several_windows": int((np.bincount(spans.doc) > 1).sum()) if len(spans.doc) else 0,
         "subsets": list(subsets),
         "subset_samples": np.bincount(subset, minlength=len(subsets)).tolist(),
+        "sha256": files,
     }
     write_atomic(folder / f"{name}.json", json.dumps(info, indent=1).encode())
     return info

@@ -14,6 +14,7 @@ A different tokenizer gives a different directory; tokenizing a store again does
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import os
@@ -27,6 +28,7 @@ import numpy as np
 
 from .errors import PilestoreError
 from .manifest import now, write_atomic, writer_lock
+from .shards import file_sha256
 from .store import Store
 from .tokenizer import Tokenizer
 
@@ -82,6 +84,7 @@ def _write_partition(
     counts_list: list[int] = []
     sizes: list[int] = []
     position = 0
+    hashes = {"tokens": hashlib.sha256(), "bytes": hashlib.sha256()}  # of what is written, as it is written
     with open(tmp["tokens"], "wb") as tok_out, open(tmp["bytes"], "wb") as bytes_out:
         batch: list[str] = []
 
@@ -92,8 +95,9 @@ def _write_partition(
                 raise TokensError(f"token id {ids.max()} outside the vocabulary of {tokenizer.vocab_size}")
             if len(ends) and ends.max() >= 1 << 32:
                 raise TokensError("a document over 4 GiB cannot carry uint32 byte offsets")
-            tok_out.write(ids.astype(dtype).tobytes())
-            bytes_out.write(ends.astype(np.uint32).tobytes())
+            for out, data in ((tok_out, ids.astype(dtype).tobytes()), (bytes_out, ends.astype(np.uint32).tobytes())):
+                out.write(data)
+                hashes["tokens" if out is tok_out else "bytes"].update(data)
             starts.extend((position + np.concatenate(([0], np.cumsum(counts)[:-1]))).tolist())
             counts_list.extend(counts.tolist())
             position += len(ids)
@@ -121,9 +125,11 @@ def _write_partition(
         with pa.ipc.new_file(fh, table.schema) as writer:
             writer.write_table(table)
         os.fsync(fh.fileno())
+    sha256 = {ext: h.hexdigest() for ext, h in hashes.items()}
+    sha256["arrow"] = file_sha256(tmp["arrow"])
     for ext, path in tmp.items():
         os.replace(path, stem.with_suffix(f".{ext}"))
-    done = {"documents": len(counts_list), "tokens": position, "bytes": int(sum(sizes))}
+    done = {"documents": len(counts_list), "tokens": position, "bytes": int(sum(sizes)), "sha256": sha256}
     write_atomic(stem.with_suffix(".done"), json.dumps(done).encode())
     return done
 

@@ -1,9 +1,12 @@
-"""Verify a store end to end: file hashes, index against partition rows, every document's checksum."""
+"""Verify a store end to end: file hashes, index against partition rows, every document's checksum, and the
+hashes of every tokenized view's files and sample indexes."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import apsw
@@ -92,4 +95,38 @@ def verify(store: Store, on_document: Callable[[int], None] = lambda n: None) ->
     for p in range(store.num_partitions):
         _check_files(store, p, report)
         _check_rows(store, p, report, on_document)
+    for view_file in sorted((store.path / "tokens").glob("*/view.json")):
+        _check_view(view_file.parent, report)
     return report
+
+
+def _check_hash(path: Path, expected: str | None, report: VerifyReport) -> None:
+    if expected is None:
+        report.problems.append(f"{path}: no sha256 recorded (written by an older pilestore); re-run the command")
+    elif not path.exists():
+        report.problems.append(f"{path}: missing")
+    elif file_sha256(path) != expected:
+        report.problems.append(f"{path}: sha256 differs from the recorded one (the file was changed or damaged)")
+
+
+def _check_view(folder: Path, report: VerifyReport) -> None:
+    """A tokenized view's token, byte-offset and document files, and its sample indexes, against their hashes."""
+    try:
+        view = json.loads((folder / "view.json").read_text())
+    except (OSError, ValueError) as err:
+        report.problems.append(f"{folder / 'view.json'}: unreadable ({err})")
+        return
+    for entry in view.get("partitions", []):
+        recorded = entry.get("sha256", {})
+        for ext in ("tokens", "bytes", "arrow"):
+            _check_hash(folder / f"p{entry['partition']:05d}.{ext}", recorded.get(ext), report)
+    for info_file in sorted((folder / "samples").glob("*.json")):
+        try:
+            recorded = json.loads(info_file.read_text()).get("sha256")
+        except (OSError, ValueError) as err:
+            report.problems.append(f"{info_file}: unreadable ({err})")
+            continue
+        stem = info_file.name.removesuffix(".json")
+        for part in ("spans", "samples"):
+            name = f"{stem}.{part}.arrow"
+            _check_hash(folder / "samples" / name, (recorded or {}).get(name), report)

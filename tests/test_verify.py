@@ -72,3 +72,24 @@ def test_a_missing_partition_is_a_clear_error(store_copy: Path) -> None:
     with pytest.raises(StoreFormatError, match="partition file missing"):
         pilestore.open(store_copy)[0]
     assert not verify(pilestore.open(store_copy)).ok
+
+
+def test_verify_checks_token_files_and_sample_indexes(small_store: Path, model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pilestore.indexes import build_indexes
+    from pilestore.tokens import TokenView, tokenize
+
+    store_dir = tmp_path / "tok.store"
+    shutil.copytree(small_store, store_dir, ignore=shutil.ignore_patterns("tokens"))
+    view = TokenView(Path(tokenize(pilestore.open(store_dir), model)["view"]))
+    build_indexes(view, pilestore.open(store_dir), 64, 16, "bestfit")
+    assert verify(pilestore.open(store_dir)).ok
+    damaged = [view.folder / "p00001.tokens", view.folder / "samples" / "train-L64-C16-bestfit.spans.arrow"]
+    for path in damaged:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        path.write_bytes(bytes(data))
+    report = verify(pilestore.open(store_dir))
+    assert not report.ok and report.corrupt_documents == []
+    assert sorted(p.split(":")[0] for p in report.problems) == sorted(str(p) for p in damaged)

@@ -53,6 +53,7 @@ def _register() -> None:
     from . import tokens as tokens_cmd
 
     cli.add_command(ingest_cmd.ingest)
+    cli.add_command(ingest_cmd.merge)
     for command in (tokens_cmd.train_tokenizer, tokens_cmd.tokenize, tokens_cmd.index, tokens_cmd.mixture):
         cli.add_command(command)
     for command in (store_cmd.sample, store_cmd.info, store_cmd.verify, store_cmd.export):

@@ -85,3 +85,32 @@ def ingest(
         ui.warn(f"skipped {total:,} bad lines ({reasons}); first ones:")
         for example in report["skipped_examples"]:
             ui.err.print(f"  {example}", markup=False)
+
+
+@click.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@store_option
+@json_option
+def merge(sources: tuple[Path, ...], store_dir: Path, json_output: bool) -> None:
+    """Add the partitions of other stores to a store, without recompressing or re-tokenizing.
+
+    Documents keep the order of the stores given (after the target's own); tokenized views that every store
+    has are carried over and their sample indexes rebuilt.
+
+    \b
+    Example:
+        pilestore merge node0.store node1.store --store pile.store
+    """
+    from ..merge import merge as run_merge
+
+    ui = Ui(json_output=json_output)
+    result = run_merge(list(sources), store_dir)
+    if json_output:
+        ui.emit_json(result)
+        return
+    ui.out.print(
+        f"{result['partitions_added']} partitions added: {result['documents']:,} documents in {result['store']}"
+        + (f"; skipped (already there): {', '.join(result['skipped_sources'])}" if result["skipped_sources"] else "")
+    )
+    for view in result["views"]:
+        ui.out.print(f"view {view['view']}: {view['tokens']:,} tokens, indexes {', '.join(view['indexes'])}")

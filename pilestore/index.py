@@ -77,14 +77,19 @@ def open_index(path: Path, expected_rows: int) -> PartitionIndex:
     return PartitionIndex(path=path, **columns)
 
 
-def map_columns(path: Path, names: list[str] | None = None) -> dict[str, np.ndarray]:
+def map_columns(
+    path: Path, names: list[str] | None = None, metadata: dict[bytes, bytes] | None = None
+) -> dict[str, np.ndarray]:
     """The columns of a one-batch Arrow IPC file as read-only numpy views of its memory map (no copy: opening
-    costs a footer read whatever the number of rows; table.column(...).combine_chunks() would copy)."""
+    costs a footer read whatever the number of rows; table.column(...).combine_chunks() would copy).
+    `metadata`, if given, is filled with the file's schema metadata."""
     try:
         reader = pa.ipc.open_file(_map_random(path))
         if reader.num_record_batches != 1:
             raise StoreFormatError(f"{path}: {reader.num_record_batches} record batches, expected 1; rebuild it")
         batch = reader.get_batch(0)
+        if metadata is not None:
+            metadata.update(reader.schema.metadata or {})
         return {n: batch.column(n).to_numpy(zero_copy_only=True) for n in names or batch.schema.names}
     except (pa.ArrowException, OSError) as err:
         raise StoreFormatError(f"{path}: unreadable Arrow file ({err}); rebuild it or run `pilestore verify`") from err

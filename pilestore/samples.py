@@ -36,6 +36,7 @@ from .splits import split_suffix
 from .tokens import TokenView
 
 _ARANGE = np.arange(1 << 16, dtype=np.int64)
+GENERATION_KEY = "pilestore.generation"  # in both Arrow files' schema metadata and the .json: they belong together
 IGNORE = -100  # label of a position that is not predicted (PyTorch cross_entropy's ignore_index)
 SAMPLES_DIR = "samples"
 
@@ -80,6 +81,20 @@ def span_bytes(
         out[mask] = part.byte_ends[last].astype(np.int64) - before.astype(np.int64)
         first_doc += n
     return out
+
+
+def _generation(tables: dict[str, Any]) -> str:
+    """A content hash of an index's columns: the same for a byte-identical rebuild, different otherwise."""
+    import xxhash
+
+    hasher = xxhash.xxh3_128()
+    for table in tables.values():
+        for column in table.columns:
+            for chunk in column.chunks:
+                for buffer in chunk.buffers():
+                    if buffer is not None:
+                        hasher.update(memoryview(buffer))
+    return hasher.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +156,10 @@ def write_index(
             }
         ),
     }
+    generation = _generation(tables)
     files = {}
     for part, table in tables.items():
+        table = table.replace_schema_metadata({GENERATION_KEY: generation})
         path = folder / f"{name}.{part}.arrow"
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
@@ -170,6 +187,7 @@ def write_index(
         "subsets": list(subsets),
         "subset_samples": np.bincount(subset, minlength=len(subsets)).tolist(),
         "sha256": files,
+        "generation": generation,
     }
     write_atomic(folder / f"{name}.json", json.dumps(info, indent=1).encode())
     return info
@@ -229,8 +247,15 @@ class SampleIndex:
             self.info = json.loads((folder / f"{name}.json").read_text())
         except FileNotFoundError:
             raise PilestoreError(f"{folder / name}: no such sample index; build it with `pilestore index`") from None
-        self.spans = map_columns(folder / f"{name}.spans.arrow")
-        self.samples = map_columns(folder / f"{name}.samples.arrow")
+        found: list[dict[bytes, bytes]] = [{}, {}]
+        self.spans = map_columns(folder / f"{name}.spans.arrow", metadata=found[0])
+        self.samples = map_columns(folder / f"{name}.samples.arrow", metadata=found[1])
+        generation = str(self.info.get("generation", "")).encode()
+        if any(meta.get(GENERATION_KEY.encode()) != generation for meta in found):
+            raise PilestoreError(
+                f"{folder / name}: its .json, .spans.arrow and .samples.arrow are from different builds (rebuilt "
+                "while being opened?); open it again, or rebuild it with `pilestore index`"
+            )
         if "subsets" not in self.info or "subset" not in self.samples or "subset" not in self.spans:
             raise PilestoreError(f"{folder / name}: written by an older pilestore; rebuild it with `pilestore index`")
         self.seq_len = int(self.info["seq_len"])

@@ -161,6 +161,24 @@ def test_indexes_and_views_are_mapped_not_copied(view: TokenView, small_store: P
         assert any(lo <= a.ctypes.data < hi for lo, hi in mapped), f"{name} is a copy, not a view of its file"
 
 
+def test_index_files_of_different_builds_are_refused_together(view: TokenView, small_store: Path) -> None:
+    """A reader opening while an index is rebuilt could pair old and new files: the generation check refuses."""
+    from pilestore.indexes import document_table
+    from pilestore.samples import write_index
+    from pilestore.windows import train_view
+
+    store = pilestore.open(small_store)
+    shape = IndexShape("train", 96, 24, "bestfit")
+    build_index(view, store, shape)
+    old_samples = (view.folder / "samples" / f"{shape.name}.samples.arrow").read_bytes()
+    subset, _, names = document_table(store)
+    write_index(view, shape, train_view(view.doc_lengths(), 96, 24), (subset + 1) % len(names), names)
+    SampleIndex(view, shape.name)  # the new build, whole: fine
+    (view.folder / "samples" / f"{shape.name}.samples.arrow").write_bytes(old_samples)
+    with pytest.raises(pilestore.PilestoreError, match="different builds"):
+        SampleIndex(view, shape.name)
+
+
 def test_val_split_holds_out_whole_documents_by_text_hash(view: TokenView, small_store: Path) -> None:
     from pilestore.indexes import document_table
     from pilestore.splits import in_split

@@ -164,3 +164,22 @@ def test_mixture_command_reports_what_the_dataset_realises(dataset_store: pilest
     assert shown["samples_per_epoch"] == len(ds) and shown["subsets"] == ds.realised()
     bad = CliRunner().invoke(cli, [*args, "--weight", "Nope=2"])
     assert bad.exit_code == 2 and "unknown subsets" in bad.output
+
+
+def test_sample_step_follows_a_subset_selection(dataset_store: pilestore.Store, model: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from pilestore.cli import cli
+
+    chosen = ["Github", "Pile-CC"]
+    ds = PileDataset(dataset_store, "train", seq_len=256, context=64, subsets=chosen, tokenizer=model)
+    args = ["sample", "--store", str(dataset_store.path), "--tokenizer", str(model), "--seq-len", "256", "--json"]
+    args += ["--step", "3", "--global-batch", "4", "--subset", "Github", "--subset", "Pile-CC"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    shown = [row["sample"] for row in json.loads(result.output)["samples"]]
+    sampler = list(PileSampler(ds, num_replicas=1, rank=0))
+    assert shown == [int(ds[i]["sample"]) for i in sampler[12:16]]
+    assert {ds.subsets[int(ds.index.samples["subset"][s])] for s in shown} <= set(chosen)

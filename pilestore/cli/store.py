@@ -47,7 +47,8 @@ from .ui import Ui, subset_table
     callback=parse_weights,
     help="With --step: a mixture weight SUBSET=EPOCHS, as given to PileDataset (repeatable).",
 )
-@click.option("--mixture-seed", type=int, default=0, show_default=True, help="With --weight.")
+@click.option("--subset", "subsets", multiple=True, help="With --step: PileDataset(subsets=...) (repeatable).")
+@click.option("--mixture-seed", type=int, default=0, show_default=True, help="With --weight/--subset.")
 @click.option("--exclude", multiple=True, callback=parse_ranges, help="With --step: excluded START:STOP (repeatable).")
 @json_option
 def sample(
@@ -66,6 +67,7 @@ def sample(
     world_size: int,
     seed: int,
     weights: dict[str, float],
+    subsets: tuple[str, ...],
     mixture_seed: int,
     exclude: list[tuple[int, int]],
     json_output: bool,
@@ -96,7 +98,13 @@ def sample(
         if global_batch is None:
             raise click.UsageError("--step needs --global-batch (samples per step over all ranks)")
         kind = "train" if view_kind == "doc" else view_kind
-        order = {"seed": seed, "world_size": world_size, "exclude": exclude, "weights": weights or None}
+        order = {
+            "seed": seed,
+            "world_size": world_size,
+            "exclude": exclude,
+            "weights": weights or None,
+            "subsets": list(subsets) or None,
+        }
         show_step(Ui(json_output=json_output), store, kind, index_fields, step, global_batch, rank, order, mixture_seed)
         return
     if view_kind != "doc":

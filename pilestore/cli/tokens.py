@@ -387,11 +387,15 @@ def show_step(
     from ..sampler import EpochOrder
 
     index = _open_index(store, kind, fields)
-    weights = order_options["weights"]
+    weights, subsets = order_options["weights"], order_options["subsets"]
     try:
-        mixture = Mixture.of(index.subset_names, index.subset_samples, weights, seed=mixture_seed) if weights else None
+        mixture = (
+            Mixture.of(index.subset_names, index.subset_samples, weights, subsets, mixture_seed)
+            if weights or subsets
+            else None
+        )
     except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--weight") from err
+        raise click.BadParameter(str(err), param_hint="--weight/--subset") from err
     world = order_options["world_size"]
     if rank is not None and rank >= world:
         raise click.BadParameter(f"--rank {rank} must be below --world-size {world}", param_hint="--rank")

@@ -10,6 +10,7 @@ loader       samples/s and tokens/s at seq_len 2048, shuffled, from a DataLoader
              the same token file (the nanoGPT / Megatron way). With CUDA: also batches copied to the GPU.
 memory       resident memory of a DataLoader worker after 20k random samples, for a 10M- and a 100M-sample
              index (synthetic: one long document, the real index format, sparse token files)
+             and, in a fresh process, the time to open PileDataset and ds[i] latency at each size
 first_batch  a fresh process: imports, then PileDataset + PileSampler + DataLoader(1 worker) to the first batch,
              on the 10M-sample index
 """
@@ -159,10 +160,11 @@ def column(scratch: Path, name: str, dtype: str, n: int) -> np.ndarray:
     return np.lib.format.open_memmap(scratch / f"{name}.npy", mode="w+", dtype=dtype, shape=(n,))
 
 
-def write_arrow(path: Path, columns: dict[str, np.ndarray]) -> None:
+def write_arrow(path: Path, columns: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     import pyarrow as pa
 
     table = pa.table({k: pa.array(v) for k, v in columns.items()})  # numeric numpy: wrapped, not copied
+    table = table.replace_schema_metadata(metadata)
     with open(path, "wb") as fh, pa.ipc.new_file(fh, table.schema) as writer:
         writer.write_table(table)
 
@@ -170,6 +172,7 @@ def write_arrow(path: Path, columns: dict[str, np.ndarray]) -> None:
 def synthetic_store(work: Path, n: int) -> Path:
     """A store of one document whose eval view (seq_len 2048, context 512) has exactly n windows."""
     from pilestore.ingest import ingest
+    from pilestore.samples import GENERATION_KEY
 
     folder = work / f"synthetic-{n}"
     store_dir = folder / "s.store"
@@ -215,13 +218,17 @@ def synthetic_store(work: Path, n: int) -> Path:
         samples["subset"][k] = 0
         samples["by_subset"][k] = k
     name = f"eval-L{SEQ_LEN}-C{CONTEXT}"
-    write_arrow(view / "samples" / f"{name}.spans.arrow", spans)
-    write_arrow(view / "samples" / f"{name}.samples.arrow", {k.removesuffix("_s"): v for k, v in samples.items()})
+    generation = {GENERATION_KEY: f"synthetic-{n}"}
+    write_arrow(view / "samples" / f"{name}.spans.arrow", spans, generation)
+    write_arrow(
+        view / "samples" / f"{name}.samples.arrow", {k.removesuffix("_s"): v for k, v in samples.items()}, generation
+    )
     for f in scratch.iterdir():
         f.unlink()
     scratch.rmdir()
     info = {"name": name, "kind": "eval", "seq_len": SEQ_LEN, "context": CONTEXT, "packing": None, "split": "all",
-            "val_fraction": None, "samples": n, "subsets": ["Pile-CC"], "subset_samples": [n]}  # fmt: skip
+            "val_fraction": None, "samples": n, "subsets": ["Pile-CC"], "subset_samples": [n],
+            "generation": f"synthetic-{n}"}  # fmt: skip
     (view / "samples" / f"{name}.json").write_text(json.dumps(info))
     meta = {"tokenizer": {"file": "synthetic", "sha256": "0" * 64, "vocab_size": 32000, "eod_id": 2},
             "dtype": "uint16", "documents": 1, "tokens": total, "bytes": total, "partitions": [{"p": 0}]}  # fmt: skip
@@ -248,6 +255,24 @@ before = status(pid)
 for _ in range(int(sys.argv[2]) // 16):
     next(it)
 print(json.dumps({"samples": len(ds), "after_first_batch_mb": before, "after_mb": status(pid)}))
+"""
+
+OPEN_AND_LOOKUP = """
+import json, random, statistics, sys, time
+import pilestore
+from pilestore.torch import PileDataset
+t0 = time.perf_counter()
+ds = PileDataset(pilestore.open(sys.argv[1]), "eval", seq_len=2048, context=512)
+opened = time.perf_counter() - t0
+rng = random.Random(0)
+picks = [rng.randrange(len(ds)) for _ in range(22_000)]
+times = []
+for i in picks:
+    t = time.perf_counter_ns(); ds[i]; times.append(time.perf_counter_ns() - t)
+times = times[2_000:]  # the first reads fault in the small columns' pages
+print(json.dumps({"samples": len(ds), "open_ms": round(opened * 1e3, 2),
+                  "item_p50_us": round(statistics.median(times) / 1e3, 1),
+                  "item_p99_us": round(sorted(times)[int(0.99 * len(times))] / 1e3, 1)}))
 """
 
 FIRST_BATCH = """
@@ -296,6 +321,7 @@ def main() -> None:
             emit("synthetic_index", samples=n, build_s=round(time.perf_counter() - started, 1))
             if "memory" in parts:
                 emit("worker_memory", **run_python(WORKER_MEMORY, str(store_dir), str(args.memory_samples)))
+                emit("open_and_lookup", **run_python(OPEN_AND_LOOKUP, str(store_dir)))
             if "first_batch" in parts and n == sizes[0]:
                 emit("first_batch", **run_python(FIRST_BATCH, str(store_dir)))
     import torch

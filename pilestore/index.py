@@ -90,9 +90,19 @@ def map_columns(
         batch = reader.get_batch(0)
         if metadata is not None:
             metadata.update(reader.schema.metadata or {})
-        return {n: batch.column(n).to_numpy(zero_copy_only=True) for n in names or batch.schema.names}
+        return {n: _column_view(batch.column(n)) for n in names or batch.schema.names}
     except (pa.ArrowException, OSError) as err:
         raise StoreFormatError(f"{path}: unreadable Arrow file ({err}); rebuild it or run `pilestore verify`") from err
+
+
+def _column_view(column: pa.Array) -> np.ndarray:
+    """A zero-copy numpy view: numbers as they are; fixed-size binary records as a (rows, width) uint8 array
+    (view it with a structured dtype of that width)."""
+    if pa.types.is_fixed_size_binary(column.type):
+        width = column.type.byte_width
+        data = column.buffers()[1]
+        return np.frombuffer(data, np.uint8, len(column) * width, column.offset * width).reshape(len(column), width)
+    return column.to_numpy(zero_copy_only=True)
 
 
 def _map_random(path: Path) -> pa.Buffer:

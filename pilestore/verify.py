@@ -127,6 +127,6 @@ def _check_view(folder: Path, report: VerifyReport) -> None:
             report.problems.append(f"{info_file}: unreadable ({err})")
             continue
         stem = info_file.name.removesuffix(".json")
-        for part in ("spans", "samples"):
+        for part in ("spans", "samples", "rows"):
             name = f"{stem}.{part}.arrow"
             _check_hash(folder / "samples" / name, (recorded or {}).get(name), report)

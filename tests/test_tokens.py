@@ -157,6 +157,7 @@ def test_indexes_and_views_are_mapped_not_copied(view: TokenView, small_store: P
             lo, hi = (int(x, 16) for x in fields[0].split("-"))
             mapped.append((lo, hi))
     arrays = {**index.spans, **index.samples, "start": part.start, "n_tokens": part.n_tokens}
+    arrays |= {"sample records": index._sample_records, "span records": index._span_records}
     for name, a in arrays.items():
         assert any(lo <= a.ctypes.data < hi for lo, hi in mapped), f"{name} is a copy, not a view of its file"
 

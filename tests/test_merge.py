@@ -69,3 +69,23 @@ def test_merged_stores_equal_one_ingest_and_carry_their_token_views(
     assert again.exit_code == 0 and json.loads(again.output)["skipped_sources"] == ["s2.jsonl"]
     itself = CliRunner().invoke(cli, ["merge", str(merged), "--store", str(merged)])
     assert itself.exit_code == 1 and "into itself" in itself.output
+
+
+def test_a_damaged_source_file_fails_the_merge_and_leaves_the_target_unchanged(
+    sample_path: Path, tmp_path: Path
+) -> None:
+    lines = read_source_lines(sample_path)[:300]
+    for name, chunk in (("x", lines[:150]), ("y", lines[150:])):
+        (tmp_path / f"{name}.jsonl").write_bytes(b"\n".join(chunk) + b"\n")
+        ingest([tmp_path / f"{name}.jsonl"], tmp_path / f"{name}.store")
+    target = tmp_path / "target.store"
+    ingest([tmp_path / "x.jsonl"], target)
+    before = (target / "manifest.json").read_bytes()
+    damaged = tmp_path / "y.store" / "partitions" / "00000.sqlite"
+    data = bytearray(damaged.read_bytes())
+    data[-100] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    result = CliRunner().invoke(cli, ["merge", str(tmp_path / "y.store"), "--store", str(target)])
+    assert result.exit_code == 1 and "00000.sqlite: sha256 differs" in result.output, result.output
+    assert (target / "manifest.json").read_bytes() == before and len(pilestore.open(target)) == 150
+    assert not list((target / ".staging").iterdir())

@@ -183,3 +183,27 @@ def test_sample_step_follows_a_subset_selection(dataset_store: pilestore.Store, 
     sampler = list(PileSampler(ds, num_replicas=1, rank=0))
     assert shown == [int(ds[i]["sample"]) for i in sampler[12:16]]
     assert {ds.subsets[int(ds.index.samples["subset"][s])] for s in shown} <= set(chosen)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--step", "1"], "--step needs --global-batch"),
+        (["--idx", "0", "--step", "1", "--global-batch", "4"], "give --idx N"),
+        (["--step", "1", "--global-batch", "4", "--weight", "Wikipedia"], "expected SUBSET=EPOCHS"),
+        (["--step", "1", "--global-batch", "4", "--exclude", "9:3"], "expected START:STOP"),
+        (["--step", "1", "--global-batch", "4", "--split", "train"], "needs --val-fraction"),
+        (["--step", "1", "--global-batch", "4", "--rank", "2", "--world-size", "2"], "must be below --world-size"),
+        (["--step", "1", "--global-batch", "3", "--world-size", "2"], "multiple of the world size"),
+    ],
+)
+def test_sample_step_usage_errors_say_what_to_pass(
+    dataset_store: pilestore.Store, model: Path, extra: list[str], message: str
+) -> None:
+    from click.testing import CliRunner
+
+    from pilestore.cli import cli
+
+    args = ["sample", "--store", str(dataset_store.path), "--tokenizer", str(model), "--seq-len", "256", *extra]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and message in result.output, result.output

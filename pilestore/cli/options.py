@@ -35,6 +35,17 @@ def writable_file(ctx: click.Context, param: click.Parameter, value: Path | None
     return value
 
 
+def out_file_option(help_text: str) -> Callable[[F], F]:
+    """--out FILE, required, its folder checked writable before any work."""
+    return click.option(
+        "--out",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        callback=writable_file,
+        help=help_text,
+    )
+
+
 def workers_option(help_text: str) -> Callable[[F], F]:
     """--workers/-j, at least 1; each command says what a worker is."""
     return click.option("--workers", "-j", default=1, show_default=True, type=click.IntRange(min=1), help=help_text)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .options import json_option, parse_ranges, parse_weights, quiet_option, store_option, writable_file
+from .options import json_option, out_file_option, parse_ranges, parse_weights, quiet_option, store_option
 from .ui import Ui, subset_table
 
 
@@ -245,13 +245,7 @@ def verify(store_dir: Path, json_output: bool, quiet: bool) -> None:
 
 @click.command()
 @store_option
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    callback=writable_file,
-    help="Output file: zstd-compressed if it ends in .zst, else plain JSON lines.",
-)
+@out_file_option("Output file: zstd-compressed if it ends in .zst, else plain JSON lines.")
 @click.option("--level", default=3, show_default=True, type=click.IntRange(1, 22), help="zstd level for .zst output.")
 @json_option
 @quiet_option

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .options import json_option, parse_weights, quiet_option, store_option, workers_option, writable_file
+from .options import json_option, out_file_option, parse_weights, quiet_option, store_option, workers_option
 from .ui import Ui
 
 tokenizer_option = click.option(
@@ -59,13 +59,7 @@ def _print_indexes(ui: Ui, infos: list[dict[str, Any]]) -> None:
 
 @click.command("train-tokenizer")
 @store_option
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    callback=writable_file,
-    help="Model file to write.",
-)
+@out_file_option("Model file to write.")
 @click.option("--vocab-size", default=50000, show_default=True, type=click.IntRange(min=8))
 @click.option("--sample-docs", type=click.IntRange(min=1), default=None, help="Documents to sample.")
 @click.option(
@@ -329,7 +323,7 @@ def show_sample(ui: Ui, store: Any, idx: int, kind: str, fields: tuple[Any, ...]
     from ..tokenizer import Tokenizer
 
     index = _open_index(store, kind, fields)
-    view, names = index.view, [index.info["name"]]
+    view, name = index.view, index.info["name"]
     try:
         sample = index[idx]
     except IndexError as err:
@@ -338,7 +332,7 @@ def show_sample(ui: Ui, store: Any, idx: int, kind: str, fields: tuple[Any, ...]
         ui.emit_json(
             {
                 "idx": idx,
-                "index": names[0],
+                "index": name,
                 "input_ids": sample.input_ids.tolist(),
                 "labels": sample.labels.tolist(),
                 "position_ids": sample.position_ids.tolist(),
@@ -350,7 +344,7 @@ def show_sample(ui: Ui, store: Any, idx: int, kind: str, fields: tuple[Any, ...]
         return
     tokenizer = Tokenizer(view.folder / "tokenizer.model")
     ui.out.print(
-        f"# sample {idx:,} of {len(index):,} in {names[0]} | {len(sample.spans)} spans | "
+        f"# sample {idx:,} of {len(index):,} in {name} | {len(sample.spans)} spans | "
         f"{int((sample.labels != -100).sum()):,} targets | {sample.n_bytes:,} bytes",
         markup=False,
     )
@@ -413,7 +407,7 @@ def show_step(
     ):
         if rank is not None and r != rank:
             continue
-        spans = [{**span, "subset": _subset_of(store, span["doc"])} for span in index[sample_id].spans]
+        spans = [{**span, "subset": index.subset_names[span["subset"]]} for span in index[sample_id].spans]
         rows.append({"rank": r, "count": count, "position": position, "sample": sample_id, "spans": spans})
     result = {"index": index.info["name"], "step": step, "epoch": epoch, "global_batch": global_batch, "samples": rows}
     if ui.json_output:
@@ -428,8 +422,3 @@ def show_step(
         docs = "; ".join(f"{s['doc']}:{s['start']}+{s['target']} {s['subset']}" for s in row["spans"])
         table.add_row(str(row["rank"]), f"{row['sample']:,}", docs)
     ui.out.print(table)
-
-
-def _subset_of(store: Any, doc: int) -> str:
-    p, local = store.locate(doc)
-    return store.manifest["partitions"][p]["subsets"][int(store.index(p).subset[local])]

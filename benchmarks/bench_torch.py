@@ -99,6 +99,23 @@ def rate(loader, batches: int, device: str | None = None) -> tuple[float, int]: 
     return samples / (time.perf_counter() - started), targets
 
 
+def _unchecked_rate(ds, order: list[int]) -> float:  # noqa: ANN001
+    """ds[i] per second with the read-time checks (token block and sample record checksums) switched off:
+    what they cost. Benchmark-only patching; pilestore itself always checks."""
+    from pilestore import samples, tokens
+
+    record_ok, read = samples._record_ok, tokens.PartitionTokens.read
+    samples._record_ok = lambda *args: True
+    tokens.PartitionTokens.read = lambda self, begin, end: self.tokens[begin:end]
+    try:
+        started = time.perf_counter()
+        for i in order:
+            ds[i]
+        return len(order) / (time.perf_counter() - started)
+    finally:
+        samples._record_ok, tokens.PartitionTokens.read = record_ok, read
+
+
 def bench_loader(store_dir: Path, batch: int, batches: int) -> None:
     import torch
     from torch.utils.data import DataLoader
@@ -120,6 +137,7 @@ def bench_loader(store_dir: Path, batch: int, batches: int) -> None:
     for i in order:
         ds[i]
     item_rate = n / (time.perf_counter() - started)
+    unchecked_rate = _unchecked_rate(ds, order)
     emit(
         "in_process",
         samples=n,
@@ -127,6 +145,8 @@ def bench_loader(store_dir: Path, batch: int, batches: int) -> None:
         memmap_windows_per_s=round(loop_rate),
         ratio=round(item_rate / loop_rate, 3),
         pilestore_tokens_per_s=round(item_rate * SEQ_LEN),
+        without_read_checks_items_per_s=round(unchecked_rate),
+        read_checks_cost=round(1 - item_rate / unchecked_rate, 3),
     )
     devices = [None] + (["cuda"] if torch.cuda.is_available() else [])
     for workers in (1, 2):
@@ -180,8 +200,12 @@ def write_arrow(path: Path, columns: dict[str, np.ndarray], metadata: dict[str, 
 
 def synthetic_store(work: Path, n: int) -> Path:
     """A store of one document whose eval view (seq_len 2048, context 512) has exactly n windows."""
+    import xxhash
+
     from pilestore.ingest import ingest
-    from pilestore.samples import GENERATION_KEY, SAMPLE_RECORD, SPAN_RECORD
+    from pilestore.manifest import write_sealed
+    from pilestore.samples import GENERATION_KEY, SAMPLE_RECORD, SPAN_RECORD, record_checks
+    from pilestore.tokens import BLOCK
 
     folder = work / f"synthetic-{n}"
     store_dir = folder / "s.store"
@@ -198,6 +222,11 @@ def synthetic_store(work: Path, n: int) -> Path:
     for suffix, itemsize in ((".tokens", 2), (".bytes", 4)):
         with open(view / f"p00000{suffix}", "wb") as fh:
             fh.truncate(total * itemsize)  # sparse: reads give zeros, nothing is stored
+    full, tail = divmod(total * 2, BLOCK)  # block checksums of the all-zero token file
+    sums = np.full(full + bool(tail), xxhash.xxh3_64_intdigest(bytes(BLOCK)), dtype="<u8")
+    if tail:
+        sums[-1] = xxhash.xxh3_64_intdigest(bytes(tail))
+    sums.tofile(view / "p00000.sums")
     write_arrow(
         view / "p00000.arrow", {"start": np.array([0]), "n_tokens": np.array([total]), "n_bytes": np.array([total])}
     )
@@ -226,16 +255,22 @@ def synthetic_store(work: Path, n: int) -> Path:
         samples["n_bytes"][k] = 0
         samples["subset"][k] = 0
         samples["by_subset"][k] = k
-    records = {"record": column(scratch, "record", "V24", n), "span": column(scratch, "span", "V40", n)}
+    records = {
+        "record": column(scratch, "record", f"V{SAMPLE_RECORD.itemsize}", n),
+        "span": column(scratch, "span", f"V{SPAN_RECORD.itemsize}", n),
+    }
     sample_records = records["record"].view(SAMPLE_RECORD)
     span_records = records["span"].view(SPAN_RECORD)
     for a in range(0, n, step):
         k = slice(a, min(n, a + step))
         for field in ("doc", "start", "context", "target", "n_bytes", "subset", "eod"):
             span_records[field][k] = spans[field][k]
-        sample_records["span_begin"][k] = samples["span_begin"][k]
+        span_records["offset"][k] = spans["start"][k]  # the one document starts at token 0
+        sample_records["span_begin"][k] = samples["span_begin"][k] - a  # chunk-relative for record_checks
         sample_records["n_spans"][k] = 1
         sample_records["n_tokens"][k] = SEQ_LEN + 1
+        sample_records["check"][k] = record_checks(sample_records[k], span_records[k])
+        sample_records["span_begin"][k] = samples["span_begin"][k]
     name = f"eval-L{SEQ_LEN}-C{CONTEXT}"
     generation = {GENERATION_KEY: f"synthetic-{n}"}
     write_arrow(view / "samples" / f"{name}.rows.arrow", {"span": _records(span_records)}, generation)
@@ -250,10 +285,10 @@ def synthetic_store(work: Path, n: int) -> Path:
     info = {"name": name, "kind": "eval", "seq_len": SEQ_LEN, "context": CONTEXT, "packing": None, "split": "all",
             "val_fraction": None, "samples": n, "subsets": ["Pile-CC"], "subset_samples": [n],
             "generation": f"synthetic-{n}"}  # fmt: skip
-    (view / "samples" / f"{name}.json").write_text(json.dumps(info))
+    write_sealed(view / "samples" / f"{name}.json", info)
     meta = {"tokenizer": {"file": "synthetic", "sha256": "0" * 64, "vocab_size": 32000, "eod_id": 2},
             "dtype": "uint16", "documents": 1, "tokens": total, "bytes": total, "partitions": [{"p": 0}]}  # fmt: skip
-    (view / "view.json").write_text(json.dumps(meta))
+    write_sealed(view / "view.json", meta)
     return store_dir
 
 

@@ -48,6 +48,7 @@ def index_shapes(seq_len: int, context: int, packing: str, val_fraction: float |
 
 def build_index(view: TokenView, store: Store, shape: IndexShape) -> dict[str, Any]:
     """Build one index (call under the writer lock)."""
+    view.check_build_inputs()
     subset, checksum, names = document_table(store)
     lengths = view.doc_lengths()
     if len(lengths) != len(subset):

@@ -71,6 +71,35 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+SEAL = "seal"  # key of a sealed JSON file's checksum of its own content
+
+
+def _seal_of(obj: dict[str, Any]) -> str:
+    import xxhash
+
+    body = {k: v for k, v in obj.items() if k != SEAL}
+    return xxhash.xxh3_64_hexdigest(json.dumps(body, sort_keys=True, ensure_ascii=False).encode())
+
+
+def write_sealed(path: Path, obj: dict[str, Any]) -> None:
+    """write_atomic a JSON object that carries an xxh3 of its own content (read_sealed checks it)."""
+    write_atomic(path, json.dumps({**obj, SEAL: _seal_of(obj)}, indent=1, ensure_ascii=False).encode() + b"\n")
+
+
+def read_sealed(path: Path, remedy: str) -> dict[str, Any]:
+    """A JSON object written by write_sealed; a StoreFormatError naming the file (and `remedy`) if it was changed.
+
+    FileNotFoundError passes through: callers say what a missing file means."""
+    raw = path.read_bytes()
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StoreFormatError(f"{path}: not valid JSON ({err}): the file is damaged; {remedy}") from err
+    if not isinstance(obj, dict) or obj.get(SEAL) != _seal_of(obj):
+        raise StoreFormatError(f"{path}: content does not match its seal (damaged or edited); {remedy}")
+    return obj
+
+
 def write_manifest(store: Path, manifest: dict[str, Any]) -> None:
     write_atomic(store / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode() + b"\n")
 

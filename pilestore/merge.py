@@ -18,7 +18,6 @@ had are rebuilt from the token counts (numba kernels, seconds).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from . import __version__
 from .build import INDEX_FILE, PARTITION_FILE
 from .errors import PilestoreError
 from .ingest import _commit
-from .manifest import STAGING_DIR, read_or_empty, writer_lock
+from .manifest import STAGING_DIR, read_or_empty, read_sealed, writer_lock
 from .shards import file_sha256
 from .store import Store
 from .tokens import TOKENS_DIR, VIEW_FILE
@@ -121,14 +120,14 @@ def _merge_view(name: str, added: list[tuple[Store, int, int]], merged: Store) -
         shutil.copyfile(any_source / "tokenizer.model", folder / "tokenizer.model")
     for store, p, new in added:
         src = source_folders[id(store)]
-        for ext in ("tokens", "bytes", "arrow", "done"):  # .done last: it says the rest is there
+        for ext in ("tokens", "bytes", "arrow", "sums", "done"):  # .done last: it says the rest is there
             _place(src / f"p{p:05d}.{ext}", folder / f"p{new:05d}.{ext}")
     result = tokenize(merged, folder / "tokenizer.model")  # every partition is done: writes view.json only
     view = TokenView(folder)
     rebuilt = []
     with writer_lock(merged.path):
         for info_file in sorted((any_source / SAMPLES_DIR).glob("*.json")):
-            info = json.loads(info_file.read_text())
+            info = read_sealed(info_file, "rebuild the source's index with `pilestore index`")
             shape = IndexShape(
                 info["kind"], info["seq_len"], info["context"], info["packing"], info["split"], info["val_fraction"]
             )

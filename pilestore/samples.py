@@ -9,7 +9,9 @@ samples: span_begin int64 (into by_sample), n_spans int32, n_tokens int32 (x-tok
          n_bytes int64, subset int16 (the subset of the span with the most targets; ties: the first span),
          by_subset int64 (a permutation: samples grouped by subset, in sample order within a subset)
 rows:    span (fixed-size records, SPAN_RECORD): the spans in sample order; samples.record (SAMPLE_RECORD) points
-         into it. Copies of the columns above laid out for look-ups (a page or two per sample).
+         into it. Copies of the columns above laid out for look-ups (a page or two per sample), plus each span's
+         first token in its partition's token file (`offset`), and per sample a checksum (`check`) of its record
+         and its span records: a look-up reads nothing that is not checked (token blocks: tokens.py).
 json:    shape, split, counts, and `subsets` (names, by id) with `subset_samples` (samples per subset id)
 
 n_bytes of a span: the UTF-8 bytes of the original text its target tokens cover, exactly: the tokenized view
@@ -23,7 +25,6 @@ This module reads indexes (numpy and pyarrow only); windows.py builds them with 
 from __future__ import annotations
 
 import bisect
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,7 @@ import numpy as np
 
 from .errors import PilestoreError, StoreFormatError
 from .index import map_columns
-from .manifest import write_atomic
+from .manifest import read_sealed, write_sealed
 from .shards import file_sha256
 from .splits import split_suffix
 from .tokens import TokenView
@@ -41,14 +42,27 @@ _ARANGE = np.arange(1 << 16, dtype=np.int64)
 # Read-optimised copies of the fields a look-up needs, one record per sample and per span (spans in sample
 # order): reading sample i touches one sample record and its contiguous span records, a page or two,
 # instead of a page per column (which made look-ups 2.4x slower at 100M samples than at 10M).
-SAMPLE_RECORD = np.dtype([("span_begin", "<i8"), ("n_bytes", "<i8"), ("n_spans", "<i4"), ("n_tokens", "<i4")])
+SAMPLE_RECORD = np.dtype(
+    [("span_begin", "<i8"), ("n_bytes", "<i8"), ("n_spans", "<i4"), ("n_tokens", "<i4"), ("check", "<u8")]
+)
 SPAN_RECORD = np.dtype(
-    [("doc", "<i8"), ("start", "<i8"), ("n_bytes", "<i8"), ("context", "<i4"), ("target", "<i4"),
+    [("doc", "<i8"), ("start", "<i8"), ("offset", "<i8"), ("n_bytes", "<i8"), ("context", "<i4"), ("target", "<i4"),
      ("subset", "<i2"), ("eod", "u1"), ("pad", "u1", (5,))]
 )  # fmt: skip
+# The check of a sample: its record's first 3 words and its span records' words (uint64, little-endian) times
+# odd constants, summed mod 2**64. Linear, so it is computed for 100M samples at once with numpy; any change to
+# one word changes it (an odd multiplier is invertible mod 2**64), random damage to several all but surely does.
+_SAMPLE_WORDS = 3
+_SPAN_WORDS = SPAN_RECORD.itemsize // 8
+_MULTIPLIERS = (np.arange(1, 2 * (_SAMPLE_WORDS + _SPAN_WORDS), 2, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | 1
+_SAMPLE_MULT = _MULTIPLIERS[:_SAMPLE_WORDS]
+_SPAN_MULT = _MULTIPLIERS[_SAMPLE_WORDS:]
+_MAX_SPANS_TILED = 1 << 12
+_SPAN_MULT_TILED = np.tile(_SPAN_MULT, _MAX_SPANS_TILED)
 GENERATION_KEY = "pilestore.generation"  # in both Arrow files' schema metadata and the .json: they belong together
 IGNORE = -100  # label of a position that is not predicted (PyTorch cross_entropy's ignore_index)
 SAMPLES_DIR = "samples"
+REBUILD = "rebuild the index with `pilestore index`"
 
 
 def index_name(
@@ -91,6 +105,42 @@ def span_bytes(
         out[mask] = part.byte_ends[last].astype(np.int64) - before.astype(np.int64)
         first_doc += n
     return out
+
+
+def span_offsets(view: TokenView, doc: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Each span's first token in its partition's token file."""
+    out = np.zeros(len(doc), dtype=np.int64)
+    first_doc = 0
+    for p in range(view.num_partitions):
+        part = view.partition(p)
+        n = len(part.n_tokens)
+        mask = (doc >= first_doc) & (doc < first_doc + n)
+        out[mask] = part.start[doc[mask] - first_doc] + start[mask]
+        first_doc += n
+    return out
+
+
+def record_checks(sample_records: np.ndarray, span_records: np.ndarray) -> np.ndarray:
+    """The check of every sample (see _MULTIPLIERS) from its record and its span records, all at once."""
+    with np.errstate(over="ignore"):
+        head = sample_records.view(np.uint64).reshape(len(sample_records), -1)[:, :_SAMPLE_WORDS]
+        checks = (head * _SAMPLE_MULT).sum(axis=1, dtype=np.uint64)
+        if len(span_records):
+            per_span = (span_records.view(np.uint64).reshape(len(span_records), -1) * _SPAN_MULT).sum(
+                axis=1, dtype=np.uint64
+            )
+            has_spans = sample_records["n_spans"] > 0
+            begins = sample_records["span_begin"][has_spans]
+            checks[has_spans] += np.add.reduceat(per_span, begins).astype(np.uint64)
+    return checks
+
+
+def _record_ok(check: int, head: np.ndarray, span_words: np.ndarray, count: int) -> bool:
+    """Whether one sample's record words and span record words give its check (record_checks, one sample)."""
+    if count > _MAX_SPANS_TILED or len(span_words) != count * _SPAN_WORDS:
+        return False
+    total = int(np.dot(head, _SAMPLE_MULT)) + int(np.dot(span_words, _SPAN_MULT_TILED[: len(span_words)]))
+    return check == total % (1 << 64)
 
 
 def _records(pa: Any, records: np.ndarray) -> Any:
@@ -153,9 +203,11 @@ def write_index(
         span_records[field] = getattr(spans, field)[by_sample]
     span_records["n_bytes"] = n_bytes[by_sample]
     span_records["subset"] = doc_subset[spans.doc[by_sample]]
+    span_records["offset"] = span_offsets(view, span_records["doc"], span_records["start"])
     sample_records = np.zeros(spans.num_samples, SAMPLE_RECORD)
     sample_records["span_begin"], sample_records["n_spans"] = begin[:-1], n_spans
     sample_records["n_tokens"], sample_records["n_bytes"] = sample_tokens, sample_bytes
+    sample_records["check"] = record_checks(sample_records, span_records)
     tables = {
         "spans": pa.table(
             {
@@ -215,7 +267,7 @@ def write_index(
         "sha256": files,
         "generation": generation,
     }
-    write_atomic(folder / f"{name}.json", json.dumps(info, indent=1).encode())
+    write_sealed(folder / f"{name}.json", info)
     return info
 
 
@@ -234,7 +286,7 @@ def find_index(
         wanted["packing"] = packing
     names = []
     for path in sorted((view.folder / SAMPLES_DIR).glob("*.json")):
-        info = json.loads(path.read_text())
+        info = read_sealed(path, REBUILD)
         info.setdefault("split", "all")
         info.setdefault("val_fraction", None)
         if all(v is None or info.get(k) == v for k, v in wanted.items() if k != "val_fraction") and (
@@ -270,7 +322,7 @@ class SampleIndex:
         self.view = view
         folder = view.folder / SAMPLES_DIR
         try:
-            self.info = json.loads((folder / f"{name}.json").read_text())
+            self.info = read_sealed(folder / f"{name}.json", REBUILD)
         except FileNotFoundError:
             raise PilestoreError(f"{folder / name}: no such sample index; build it with `pilestore index`") from None
         found: list[dict[bytes, bytes]] = [{}, {}, {}]
@@ -282,8 +334,15 @@ class SampleIndex:
             raise PilestoreError(f"{err}; rebuild the index with `pilestore index`") from err
         if "record" not in self.samples:
             raise PilestoreError(f"{folder / name}: written by an older pilestore; rebuild it with `pilestore index`")
+        if self.samples["record"].shape[1:] != (SAMPLE_RECORD.itemsize,) or rows["span"].shape[1:] != (
+            SPAN_RECORD.itemsize,
+        ):
+            raise PilestoreError(f"{folder / name}: written by an older pilestore; rebuild it with `pilestore index`")
         self._sample_records = self.samples.pop("record").view(SAMPLE_RECORD).reshape(-1)
         self._span_records = rows["span"].view(SPAN_RECORD).reshape(-1)
+        self._sample_words = self._sample_records.view(np.uint64).reshape(len(self._sample_records), -1)
+        self._span_words = self._span_records.view(np.uint64).reshape(-1)
+        self._where = folder / name
         generation = str(self.info.get("generation", "")).encode()
         if any(meta.get(GENERATION_KEY.encode()) != generation for meta in found):
             raise PilestoreError(
@@ -312,10 +371,16 @@ class SampleIndex:
             raise IndexError(f"sample {i} out of range for {len(self)} samples")
         i %= len(self)
         record = self._sample_records[i]
-        first = int(record["span_begin"])
+        first, count = int(record["span_begin"]), int(record["n_spans"])
+        words = self._span_words[first * _SPAN_WORDS : (first + count) * _SPAN_WORDS]
+        if not _record_ok(int(record["check"]), self._sample_words[i, :_SAMPLE_WORDS], words, count):
+            raise PilestoreError(
+                f"{self._where}: sample {i}'s records do not match their checksum: the index is damaged; "
+                "rebuild it with `pilestore index` (`pilestore verify` lists what else is damaged)"
+            )
         spans = [
-            {"doc": d, "eod": e, "start": s, "context": c, "target": t, "n_bytes": b, "subset": u}
-            for d, s, b, c, t, u, e, _ in self._span_records[first : first + int(record["n_spans"])].tolist()
+            {"doc": d, "eod": e, "start": s, "offset": o, "context": c, "target": t, "n_bytes": b, "subset": u}
+            for d, s, o, b, c, t, u, e, _ in self._span_records[first : first + count].tolist()
         ]
         size = self.seq_len + 1
         x = np.zeros(size, dtype=np.int64)  # padding id 0 ([PAD] in the Pile configuration)
@@ -325,13 +390,12 @@ class SampleIndex:
         at = 0
         for span in spans:
             eod, context, target = span["eod"], span["context"], span["target"]
-            p, local = self._locate(span["doc"])
-            part = self.view.partition(p)
-            offset = int(part.start[local]) + span["start"]
+            p, _ = self._locate(span["doc"])
+            offset = span["offset"]
             n = eod + context + target
             if eod:
                 x[at] = self.view.eod_id
-            x[at + eod : at + n] = part.tokens[offset : offset + context + target]
+            x[at + eod : at + n] = self.view.partition(p).read(offset, offset + context + target)
             labels[at + n - target - 1 : at + n - 1] = x[at + n - target : at + n]
             positions[at : at + n] = _ARANGE[:n] if n <= len(_ARANGE) else np.arange(n)
             lengths.append(n)

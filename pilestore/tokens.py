@@ -7,7 +7,9 @@
                            fits, else uint32: checked, never truncated)
       p00000.bytes         uint32 per token: UTF-8 offset where the token ends in its document's text
       p00000.arrow         per document: start (int64, first token in p00000.tokens), n_tokens, n_bytes
-      p00000.done          marker written after the three files: tokenizing is resumable per partition
+      p00000.sums          uint64 xxh3 of each 4 KiB block of p00000.tokens: every read checks the blocks it
+                           touches, so a damaged token file gives an error, never other tokens
+      p00000.done          marker written after the four files: tokenizing is resumable per partition
 
 A different tokenizer gives a different directory; tokenizing a store again does only partitions not yet done.
 """
@@ -15,7 +17,6 @@ A different tokenizer gives a different directory; tokenizing a store again does
 from __future__ import annotations
 
 import hashlib
-import json
 import mmap
 import os
 import shutil
@@ -25,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from xxhash import xxh3_64_intdigest as _xxh3_64
 
 from .errors import PilestoreError
-from .manifest import now, write_atomic, writer_lock
+from .manifest import now, read_sealed, write_sealed, writer_lock
 from .shards import file_sha256
 from .store import Store
 from .tokenizer import Tokenizer
@@ -35,6 +37,7 @@ from .tokenizer import Tokenizer
 TOKENS_DIR = "tokens"
 VIEW_FILE = "view.json"
 BATCH_DOCS = 512  # documents per encode call: sentencepiece spreads a batch over its threads
+BLOCK = 4096  # bytes of a token file per checksum (a page: a sample read hashes one to three of them)
 
 
 class TokensError(PilestoreError):
@@ -56,6 +59,22 @@ def view_dir(store: Store, tokenizer: Tokenizer) -> Path:
     return same[0] if same else store.path / TOKENS_DIR / f"{tokenizer.path.stem}-{tokenizer.sha256[:12]}"
 
 
+class TokenDamageError(TokensError):
+    """A token file whose bytes no longer match their checksums."""
+
+
+def block_sums(path: Path, chunk: int = 4096 * BLOCK) -> np.ndarray:
+    """xxh3_64 of each BLOCK bytes of a file (the last block may be shorter)."""
+    import xxhash
+
+    sums: list[int] = []
+    with open(path, "rb") as fh:
+        while data := fh.read(chunk):
+            view = memoryview(data)
+            sums.extend(xxhash.xxh3_64_intdigest(view[at : at + BLOCK]) for at in range(0, len(data), BLOCK))
+    return np.array(sums, dtype=np.uint64)
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionTokens:
     """One partition's token files, memory-mapped."""
@@ -65,6 +84,31 @@ class PartitionTokens:
     start: np.ndarray
     n_tokens: np.ndarray
     n_bytes: np.ndarray
+    sums: np.ndarray  # uint64 per BLOCK bytes of tokens
+    path: Path  # the tokens file, for errors
+
+    @property
+    def raw(self) -> np.ndarray:
+        """The token file's bytes."""
+        return self.tokens.view(np.uint8)
+
+    def read(self, begin: int, end: int) -> np.ndarray:
+        """tokens[begin:end] after checking the checksums of the blocks they lie in."""
+        if not 0 <= begin <= end <= len(self.tokens):
+            raise TokenDamageError(
+                f"{self.path}: tokens {begin}..{end} lie outside the file's {len(self.tokens)} tokens; the sample "
+                "index does not belong to this view: rebuild it with `pilestore index`"
+            )
+        size, raw, sums = self.tokens.itemsize, self.raw, self.sums
+        for block in range(begin * size // BLOCK, (end * size - 1) // BLOCK + 1):
+            at = block * BLOCK
+            if block >= len(sums) or _xxh3_64(raw[at : at + BLOCK]) != sums[block]:
+                raise TokenDamageError(
+                    f"{self.path}: bytes {at}..{at + BLOCK} do not match their checksum in "
+                    f"{self.path.with_suffix('.sums')}: the file is damaged; `pilestore verify` lists what else "
+                    f"is, then delete {self.path.parent} and run `pilestore tokenize` again"
+                )
+        return self.tokens[begin:end]
 
 
 def _write_partition(
@@ -77,14 +121,16 @@ def _write_partition(
     on_docs: Callable[[int], None],
 ) -> dict[str, int]:
     import pyarrow as pa
+    import xxhash
 
     stem = folder / f"p{p:05d}"
-    tmp = {ext: stem.with_suffix(f".{ext}.tmp") for ext in ("tokens", "bytes", "arrow")}
+    tmp = {ext: stem.with_suffix(f".{ext}.tmp") for ext in ("tokens", "bytes", "arrow", "sums")}
     starts: list[int] = []
     counts_list: list[int] = []
     sizes: list[int] = []
     position = 0
     hashes = {"tokens": hashlib.sha256(), "bytes": hashlib.sha256()}  # of what is written, as it is written
+    bytes_xxh3 = xxhash.xxh3_128()  # checked (quickly) before every index build reads the byte offsets
     with open(tmp["tokens"], "wb") as tok_out, open(tmp["bytes"], "wb") as bytes_out:
         batch: list[str] = []
 
@@ -98,6 +144,7 @@ def _write_partition(
             for out, data in ((tok_out, ids.astype(dtype).tobytes()), (bytes_out, ends.astype(np.uint32).tobytes())):
                 out.write(data)
                 hashes["tokens" if out is tok_out else "bytes"].update(data)
+            bytes_xxh3.update(ends.astype(np.uint32).tobytes())
             starts.extend((position + np.concatenate(([0], np.cumsum(counts)[:-1]))).tolist())
             counts_list.extend(counts.tolist())
             position += len(ids)
@@ -125,12 +172,23 @@ def _write_partition(
         with pa.ipc.new_file(fh, table.schema) as writer:
             writer.write_table(table)
         os.fsync(fh.fileno())
+    with open(tmp["sums"], "wb") as fh:
+        fh.write(block_sums(tmp["tokens"]).astype("<u8").tobytes())
+        os.fsync(fh.fileno())
     sha256 = {ext: h.hexdigest() for ext, h in hashes.items()}
     sha256["arrow"] = file_sha256(tmp["arrow"])
+    sha256["sums"] = file_sha256(tmp["sums"])
+    xxh3 = {"bytes": bytes_xxh3.hexdigest(), "arrow": xxhash.xxh3_128_hexdigest(tmp["arrow"].read_bytes())}
     for ext, path in tmp.items():
         os.replace(path, stem.with_suffix(f".{ext}"))
-    done = {"documents": len(counts_list), "tokens": position, "bytes": int(sum(sizes)), "sha256": sha256}
-    write_atomic(stem.with_suffix(".done"), json.dumps(done).encode())
+    done = {
+        "documents": len(counts_list),
+        "tokens": position,
+        "bytes": int(sum(sizes)),
+        "sha256": sha256,
+        "xxh3": xxh3,
+    }
+    write_sealed(stem.with_suffix(".done"), done)
     return done
 
 
@@ -150,7 +208,12 @@ def tokenize(
         parts = []
         for p in range(store.num_partitions):
             marker = folder / f"p{p:05d}.done"
-            done = json.loads(marker.read_text()) if marker.exists() else None
+            done = read_sealed(marker, f"delete it to tokenize partition {p} again") if marker.exists() else None
+            if done is not None and "sums" not in done.get("sha256", {}):
+                raise TokensError(
+                    f"{folder}: tokenized by an older pilestore (no block checksums); delete it and run "
+                    "`pilestore tokenize` again"
+                )
             if done is None:
                 done = _write_partition(store, p, tokenizer, folder, dtype, threads, on_docs)
             else:
@@ -170,7 +233,7 @@ def tokenize(
             "partitions": parts,
             "updated": now(),
         }
-        write_atomic(folder / VIEW_FILE, json.dumps(view, indent=1).encode())
+        write_sealed(folder / VIEW_FILE, view)
     return {"view": str(folder), **view}
 
 
@@ -207,12 +270,13 @@ class TokenView:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         try:
-            self.meta = json.loads((self.folder / VIEW_FILE).read_text())
+            self.meta = read_sealed(self.folder / VIEW_FILE, "run `pilestore tokenize` again to rewrite it")
         except FileNotFoundError:
             raise TokensError(f"{folder}: no tokenized view here; run `pilestore tokenize`") from None
         self.dtype = np.dtype(self.meta["dtype"])
         self.eod_id = int(self.meta["tokenizer"]["eod_id"])
         self._parts: dict[int, PartitionTokens] = {}
+        self._inputs_checked = False
 
     @property
     def num_partitions(self) -> int:
@@ -224,13 +288,41 @@ class TokenView:
             from .index import map_columns
 
             stem = self.folder / f"p{p:05d}"
+            if not stem.with_suffix(".sums").exists():
+                raise TokensError(
+                    f"{self.folder}: tokenized by an older pilestore (no {stem.name}.sums block checksums); "
+                    "delete it and run `pilestore tokenize` again"
+                )
             columns = map_columns(stem.with_suffix(".arrow"), ["start", "n_tokens", "n_bytes"])
             found = self._parts[p] = PartitionTokens(
                 tokens=_random_memmap(stem.with_suffix(".tokens"), self.dtype),
                 byte_ends=_random_memmap(stem.with_suffix(".bytes"), np.dtype(np.uint32)),
                 **columns,
+                sums=_random_memmap(stem.with_suffix(".sums"), np.dtype("<u8")),
+                path=stem.with_suffix(".tokens"),
             )
         return found
+
+    def check_build_inputs(self) -> None:
+        """Before an index build: the document tables and byte offsets it reads match their recorded xxh3."""
+        import xxhash
+
+        if self._inputs_checked:
+            return
+        for entry in self.meta["partitions"]:
+            stem = self.folder / f"p{entry['partition']:05d}"
+            for ext, expected in entry.get("xxh3", {}).items():
+                hasher = xxhash.xxh3_128()
+                with open(stem.with_suffix(f".{ext}"), "rb") as fh:
+                    while data := fh.read(1 << 24):
+                        hasher.update(data)
+                if hasher.hexdigest() != expected:
+                    raise TokenDamageError(
+                        f"{stem.with_suffix(f'.{ext}')}: does not match the xxh3 recorded in "
+                        f"{self.folder / VIEW_FILE}: the file is damaged; delete {self.folder} and run "
+                        "`pilestore tokenize` again"
+                    )
+        self._inputs_checked = True
 
     def doc_lengths(self) -> np.ndarray:
         """Tokens per document, all partitions in store order (int64)."""
@@ -243,11 +335,13 @@ class TokenView:
 
 def _random_memmap(path: Path, dtype: np.dtype) -> np.ndarray:
     """np.memmap with MADV_RANDOM (samples are read at random: no read-ahead around each one)."""
+    if path.stat().st_size == 0:  # mmap refuses empty files
+        return np.zeros(0, dtype)
     array = np.memmap(path, dtype=dtype, mode="r")
     mapped = getattr(array, "_mmap", None)
     if mapped is not None and hasattr(mmap, "MADV_RANDOM"):
         mapped.madvise(mmap.MADV_RANDOM)
-    return array
+    return array.view(np.ndarray)  # a plain array over the map (slicing a np.memmap costs ~2 us more)
 
 
 def find_view(store: Store, tokenizer_path: Path | None) -> TokenView:

@@ -3,7 +3,6 @@ hashes of every tokenized view's files and sample indexes."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ import apsw
 from . import partition
 from .document import checksum, encode_text
 from .errors import CorruptDocumentError, StoreFormatError
+from .manifest import read_sealed
 from .shards import file_sha256
 from .store import Store
 
@@ -112,18 +112,26 @@ def _check_hash(path: Path, expected: str | None, report: VerifyReport) -> None:
 def _check_view(folder: Path, report: VerifyReport) -> None:
     """A tokenized view's token, byte-offset and document files, and its sample indexes, against their hashes."""
     try:
-        view = json.loads((folder / "view.json").read_text())
-    except (OSError, ValueError) as err:
+        view = read_sealed(folder / "view.json", "run `pilestore tokenize` again")
+    except (OSError, StoreFormatError) as err:
         report.problems.append(f"{folder / 'view.json'}: unreadable ({err})")
         return
+    model = folder / "tokenizer.model"
+    if model.exists() and file_sha256(model) != view.get("tokenizer", {}).get("sha256"):
+        report.problems.append(f"{model}: sha256 differs from the tokenizer recorded in view.json (changed or damaged)")
     for entry in view.get("partitions", []):
+        done = folder / f"p{entry['partition']:05d}.done"
+        try:
+            read_sealed(done, "delete it and run `pilestore tokenize` again")
+        except (OSError, StoreFormatError) as err:
+            report.problems.append(f"{done}: unreadable ({err})")
         recorded = entry.get("sha256", {})
-        for ext in ("tokens", "bytes", "arrow"):
+        for ext in ("tokens", "bytes", "arrow", "sums"):
             _check_hash(folder / f"p{entry['partition']:05d}.{ext}", recorded.get(ext), report)
     for info_file in sorted((folder / "samples").glob("*.json")):
         try:
-            recorded = json.loads(info_file.read_text()).get("sha256")
-        except (OSError, ValueError) as err:
+            recorded = read_sealed(info_file, "rebuild it with `pilestore index`").get("sha256")
+        except (OSError, StoreFormatError) as err:
             report.problems.append(f"{info_file}: unreadable ({err})")
             continue
         stem = info_file.name.removesuffix(".json")

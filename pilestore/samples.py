@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import bisect
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -235,7 +237,7 @@ def write_index(
         "rows": pa.table({"span": _records(pa, span_records)}),
     }
     generation = _generation(tables)
-    files = {}
+    files, written = {}, []
     for part, table in tables.items():
         table = table.replace_schema_metadata({GENERATION_KEY: generation})
         path = folder / f"{name}.{part}.arrow"
@@ -245,6 +247,8 @@ def write_index(
                 writer.write_table(table)
             os.fsync(fh.fileno())
         files[path.name] = file_sha256(tmp)
+        written.append((tmp, path))
+    for tmp, path in written:  # all at once, then the .json: readers retry across this short window
         os.replace(tmp, path)
     slots = spans.num_samples * (seq_len + 1)
     info = {
@@ -266,6 +270,7 @@ def write_index(
         "subset_samples": np.bincount(subset, minlength=len(subsets)).tolist(),
         "sha256": files,
         "generation": generation,
+        "view_partitions": view.num_partitions,
     }
     write_sealed(folder / f"{name}.json", info)
     return info
@@ -302,6 +307,10 @@ def find_index(
     return names[0]
 
 
+class _Changing(PilestoreError):
+    """An index's files are from different builds: being rebuilt right now, or a rebuild that died."""
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """Sample i as a model sees it: x = seq_len + 1 tokens; input_ids = x[:-1]; labels[j] predicts x[j + 1]."""
@@ -317,10 +326,36 @@ class Sample:
 class SampleIndex:
     """An index written by write_index, memory-mapped."""
 
-    def __init__(self, view: TokenView, name: str) -> None:
-
+    def __init__(self, view: TokenView, name: str, generation: str | None = None, wait: float = 10.0) -> None:
+        """Open index `name` of `view`. An index being rebuilt while it is opened is opened again once the
+        rebuild is complete (for up to `wait` seconds); `generation` pins the build (a rebuild is an error)."""
         self.view = view
         folder = view.folder / SAMPLES_DIR
+        self._where = folder / name
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self._open(folder, name)
+                break
+            except _Changing as err:
+                if time.monotonic() > deadline:
+                    raise PilestoreError(str(err)) from None
+                time.sleep(0.02)
+        if generation is not None and self.info["generation"] != generation:
+            raise PilestoreError(
+                f"{self._where}: rebuilt since this dataset was created (another build of the index); "
+                "create the dataset again"
+            )
+        if self.info.get("view_partitions", 0) > view.num_partitions:  # tokenize added partitions since
+            self.view = type(view)(view.folder)
+            if self.info["view_partitions"] > self.view.num_partitions:
+                raise PilestoreError(f"{self._where}: built for partitions {view.folder} does not have; {REBUILD}")
+        self.seq_len = int(self.info["seq_len"])
+        self.subset_names: list[str] = list(self.info["subsets"])
+        self.subset_samples = np.asarray(self.info["subset_samples"], dtype=np.int64)
+        self._doc_first: list[int] | None = None
+
+    def _open(self, folder: Path, name: str) -> None:
         try:
             self.info = read_sealed(folder / f"{name}.json", REBUILD)
         except FileNotFoundError:
@@ -332,7 +367,13 @@ class SampleIndex:
             rows = map_columns(folder / f"{name}.rows.arrow", metadata=found[2])
         except StoreFormatError as err:
             raise PilestoreError(f"{err}; rebuild the index with `pilestore index`") from err
-        if "record" not in self.samples:
+        generation = str(self.info.get("generation", "")).encode()
+        if any(meta.get(GENERATION_KEY.encode()) != generation for meta in found):
+            raise _Changing(
+                f"{folder / name}: its .json, .spans.arrow and .samples.arrow stayed from different builds (a "
+                "rebuild that did not finish?); rebuild it with `pilestore index`"
+            )
+        if "record" not in self.samples or "subsets" not in self.info or "subset" not in self.spans:
             raise PilestoreError(f"{folder / name}: written by an older pilestore; rebuild it with `pilestore index`")
         if self.samples["record"].shape[1:] != (SAMPLE_RECORD.itemsize,) or rows["span"].shape[1:] != (
             SPAN_RECORD.itemsize,
@@ -342,19 +383,6 @@ class SampleIndex:
         self._span_records = rows["span"].view(SPAN_RECORD).reshape(-1)
         self._sample_words = self._sample_records.view(np.uint64).reshape(len(self._sample_records), -1)
         self._span_words = self._span_records.view(np.uint64).reshape(-1)
-        self._where = folder / name
-        generation = str(self.info.get("generation", "")).encode()
-        if any(meta.get(GENERATION_KEY.encode()) != generation for meta in found):
-            raise PilestoreError(
-                f"{folder / name}: its .json, .spans.arrow and .samples.arrow are from different builds (rebuilt "
-                "while being opened?); open it again, or rebuild it with `pilestore index`"
-            )
-        if "subsets" not in self.info or "subset" not in self.samples or "subset" not in self.spans:
-            raise PilestoreError(f"{folder / name}: written by an older pilestore; rebuild it with `pilestore index`")
-        self.seq_len = int(self.info["seq_len"])
-        self.subset_names: list[str] = list(self.info["subsets"])
-        self.subset_samples = np.asarray(self.info["subset_samples"], dtype=np.int64)
-        self._doc_first: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.samples["span_begin"])

@@ -214,6 +214,7 @@ class PileDataset(torch.utils.data.Dataset):
         self._view = find_view(store, tokenizer)
         self.name = index_name(view, seq_len, context, packing, split, val_fraction)
         self._index: SampleIndex | None = SampleIndex(self._view, self.name)
+        self.generation = str(self._index.info["generation"])  # workers open this build or fail, never another
         self.subsets = list(self._index.subset_names)
         self.mixture = (
             Mixture.of(self.subsets, self._index.subset_samples, weights, subsets, mixture_seed)
@@ -244,7 +245,7 @@ class PileDataset(torch.utils.data.Dataset):
         if self._index is None:
             from .samples import SampleIndex
 
-            self._index = SampleIndex(self._view, self.name)
+            self._index = SampleIndex(self._view, self.name, generation=self.generation)
         return self._index
 
     def sample_ids(self, positions: np.ndarray | Sequence[int]) -> np.ndarray:

@@ -80,39 +80,73 @@ def test_a_full_disk_fails_tokenize_without_a_view_that_looks_complete(
 
 
 READER = """
-import json, random, sys
+import json, os, random, sys
 import pilestore
-store_dir, seed = sys.argv[1], int(sys.argv[2])
+from pilestore.samples import SampleIndex, find_index
+from pilestore.tokens import find_view
+store_dir, stop, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rng = random.Random(seed)
-seen = []
-for _ in range(30):
+seen, rounds, last = [], 0, False
+while not last:   # rounds go on until one that starts after the writer is done
+    last = rounds >= 4 and os.path.exists(stop)
+    rounds += 1
     store = pilestore.open(store_dir)   # each open sees one manifest, whole
     n = len(store)
-    for _ in range(20):
+    for _ in range(10):
         i = rng.randrange(n)
         doc = store[i]
         assert doc.idx == i and isinstance(doc.text, str)
-    seen.append(n)
+    view = find_view(store, None)
+    index = SampleIndex(view, find_index(view, "train"))
+    for _ in range(10):
+        k = rng.randrange(len(index))
+        sample = index[k]
+        at = 0
+        for span in sample.spans:   # the sample's tokens are its documents' tokens, found via the view's tables
+            p, local = index._locate(span["doc"])
+            part = index.view.partition(p)
+            first = int(part.start[local]) + span["start"]
+            want = part.tokens[first : first + span["context"] + span["target"]].tolist()
+            got = sample.input_ids[at + span["eod"] : at + span["eod"] + len(want)].tolist()
+            assert got == want[: len(got)], (k, span)
+            at += span["eod"] + span["context"] + span["target"]
+    seen.append([n, len(index)])
 print(json.dumps(seen))
 """
 
 
-def test_32_readers_stay_consistent_while_a_partition_is_added(sample_path: Path, tmp_path: Path) -> None:
-    lines = read_source_lines(sample_path)
+def test_32_readers_stay_consistent_while_a_partition_is_added_and_tokenized(
+    sample_path: Path, model: Path, tmp_path: Path
+) -> None:
+    lines = read_source_lines(sample_path)[:1600]
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    first.write_bytes(b"\n".join(lines[:2000]) + b"\n")
-    second.write_bytes(b"\n".join(lines[2000:]) + b"\n")
+    first.write_bytes(b"\n".join(lines[:800]) + b"\n")
+    second.write_bytes(b"\n".join(lines[800:]) + b"\n")
     store = tmp_path / "s.store"
     ingest([first], store)
+    shape = ("--seq-len", "64", "--context", "16")
+    before = cli("tokenize", "--store", str(store), "--tokenizer", str(model), *shape)
+    assert before.returncode == 0, before.stderr
+    samples_before = json.loads((next(store.glob("tokens/*/samples/train-*.json"))).read_text())["samples"]
+    stop = tmp_path / "stop"
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-    readers = [subprocess.Popen([sys.executable, "-c", READER, str(store), str(seed)], **pipes) for seed in range(32)]
+    readers = [
+        subprocess.Popen([sys.executable, "-c", READER, str(store), str(stop), str(seed)], **pipes)
+        for seed in range(32)
+    ]
     writer = cli("ingest", str(second), "--store", str(store))
     assert writer.returncode == 0, writer.stderr
-    sizes = set()
+    writer = cli("tokenize", "--store", str(store), "--tokenizer", str(model), *shape)
+    assert writer.returncode == 0, writer.stderr
+    samples_after = json.loads((next(store.glob("tokens/*/samples/train-*.json"))).read_text())["samples"]
+    stop.touch()
+    seen = set()
     for proc in readers:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
-        sizes |= set(json.loads(out))
-    assert sizes <= {2000, len(lines)}  # a reader sees the store before or after the commit, never in between
+        seen |= {tuple(x) for x in json.loads(out)}
+    # each reader saw the store and the index before or after each commit, never in between
+    assert {n for n, _ in seen} <= {800, len(lines)} and {k for _, k in seen} <= {samples_before, samples_after}
+    assert (len(lines), samples_after) in seen, seen  # every reader's last round started after the writer was done
     assert not any(p.name.endswith((".lock", "-wal", "-shm", "-journal")) for p in (store / "partitions").iterdir())
     assert os.path.exists(store / "manifest.json") and len(pilestore.open(store)) == len(lines)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -174,10 +176,18 @@ def test_index_files_of_different_builds_are_refused_together(view: TokenView, s
     old_samples = (view.folder / "samples" / f"{shape.name}.samples.arrow").read_bytes()
     subset, _, names = document_table(store)
     write_index(view, shape, train_view(view.doc_lengths(), 96, 24), (subset + 1) % len(names), names)
-    SampleIndex(view, shape.name)  # the new build, whole: fine
-    (view.folder / "samples" / f"{shape.name}.samples.arrow").write_bytes(old_samples)
+    new = SampleIndex(view, shape.name)  # the new build, whole: fine
+    samples_file = view.folder / "samples" / f"{shape.name}.samples.arrow"
+    new_samples = samples_file.read_bytes()
+    samples_file.write_bytes(old_samples)
     with pytest.raises(pilestore.PilestoreError, match="different builds"):
-        SampleIndex(view, shape.name)
+        SampleIndex(view, shape.name, wait=0.3)
+    # a rebuild that completes while a reader waits: the reader opens the finished build
+    threading.Timer(0.5, samples_file.write_bytes, (new_samples,)).start()
+    started = time.monotonic()
+    assert len(SampleIndex(view, shape.name, wait=10)) == len(new) and time.monotonic() - started >= 0.4
+    with pytest.raises(pilestore.PilestoreError, match="rebuilt since"):  # a pinned build (a dataset's workers)
+        SampleIndex(view, shape.name, generation="another build")
 
 
 def test_val_split_holds_out_whole_documents_by_text_hash(view: TokenView, small_store: Path) -> None:

@@ -207,3 +207,30 @@ def test_sample_step_usage_errors_say_what_to_pass(
     args = ["sample", "--store", str(dataset_store.path), "--tokenizer", str(model), "--seq-len", "256", *extra]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_workers_refuse_an_index_rebuilt_after_the_dataset_was_made(
+    small_store: Path, model: Path, tmp_path: Path
+) -> None:
+    """A worker opens the very build its dataset was made from, or fails: never another epoch's samples."""
+    import pickle
+    import shutil
+
+    from pilestore.indexes import build_indexes, document_table
+    from pilestore.samples import IndexShape, write_index
+    from pilestore.tokens import TokenView
+    from pilestore.windows import train_view
+
+    store_dir = tmp_path / "s.store"
+    shutil.copytree(small_store, store_dir, ignore=shutil.ignore_patterns("tokens"))
+    store = pilestore.open(store_dir)
+    view = TokenView(Path(tokenize(store, model)["view"]))
+    build_indexes(view, store, 128, 32, "bestfit")
+    ds = PileDataset(store, "train", seq_len=128, context=32)
+    in_worker = pickle.loads(pickle.dumps(ds))  # what a spawned worker gets: the index opens there, lazily
+    subset, _, names = document_table(store)
+    write_index(view, IndexShape("train", 128, 32, "bestfit"), train_view(view.doc_lengths(), 128, 32),
+                (subset + 1) % len(names), names)  # fmt: skip
+    with pytest.raises(pilestore.PilestoreError, match="rebuilt since this dataset was created"):
+        in_worker[0]
+    assert int(PileDataset(store, "train", seq_len=128, context=32)[0]["input_ids"][0]) >= 0  # a new dataset opens

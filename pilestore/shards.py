@@ -71,6 +71,11 @@ def detect_format(path: Path) -> Format:
             raise SourceError(
                 f"{path}: {name}-compressed, but pilestore reads zstd or plain JSON lines; convert it with `{fix}`"
             )
+    if not head and path.name.endswith((".zst", ".zstd")):
+        raise SourceError(
+            f"{path}: empty file (0 bytes), but a .zst file holds at least one zstd frame; the download or copy "
+            "failed: fetch the file again"
+        )
     first = head.lstrip(b" \t\r\n").removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
     if not head or first.startswith(b"{"):
         return "jsonl"

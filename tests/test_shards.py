@@ -59,6 +59,15 @@ def test_truncated_zstd_is_an_error_with_the_byte_offset(tmp_path: Path) -> None
         _lines(path)
 
 
+def test_an_empty_zst_file_is_an_error_not_an_empty_source(tmp_path: Path) -> None:
+    path = tmp_path / "00.jsonl.zst"
+    path.write_bytes(b"")  # a failed download: zero bytes, where a zstd frame must be
+    with pytest.raises(SourceError, match=r"00.jsonl.zst: empty file \(0 bytes\)"):
+        detect_format(path)
+    (tmp_path / "empty.jsonl").write_bytes(b"")  # plain JSON lines with no line: a valid, empty source
+    assert detect_format(tmp_path / "empty.jsonl") == "jsonl"
+
+
 def test_corrupt_zstd_is_an_error_naming_the_file(tmp_path: Path) -> None:
     data = b"".join(json.dumps({"text": f"document {i}"}).encode() + b"\n" for i in range(5000))
     frame = bytearray(zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data))

@@ -49,7 +49,7 @@ def subset_table(title: str, subsets: dict[str, dict[str, Any]], total: dict[str
             f"{v['documents']:,}",
             f"{v['text_bytes'] / 1e6:,.2f}",
             f"{v['stored_bytes'] / 1e6:,.2f}",
-            f"{v['ratio']}x",
+            f"{v['ratio']}x" if v["ratio"] is not None else "-",
             style=style,
         )
     return table

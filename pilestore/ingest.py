@@ -163,6 +163,32 @@ def _build_in_worker(
     return _build_one(source, folder, settings, strict, threads, report)
 
 
+def _no_progress(nbytes: int, ndocs: int) -> None:
+    """A Ray task reports when it is done, not as it goes."""
+
+
+def _build_on_ray(
+    jobs: list[tuple[Path, Path]],
+    settings: CompressionSettings,
+    strict: bool,
+    threads: int | None,
+    on_progress: ProgressCallback,
+    address: str | None,
+) -> list[dict[str, Any]]:
+    """One Ray task per source, each with `threads` zstd threads (default 1) and as many CPUs."""
+    from .cluster import run_tasks
+
+    threads = threads or 1
+    tasks = [(src, folder, settings, strict, threads, _no_progress) for src, folder in jobs]
+    return run_tasks(
+        _build_one,
+        tasks,
+        address=address,
+        num_cpus=threads,
+        on_done=lambda k, result: on_progress(jobs[k][0].stat().st_size, result["documents"]),
+    )
+
+
 def _build_all(
     jobs: list[tuple[Path, Path]],
     settings: CompressionSettings,
@@ -170,10 +196,15 @@ def _build_all(
     workers: int,
     threads: int | None,
     on_progress: ProgressCallback,
+    executor: str = "local",
+    address: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Build every (source, folder) job, in parallel processes when workers > 1; results in job order."""
+    """Build every (source, folder) job, in parallel processes when workers > 1 (or as Ray tasks); results in
+    job order."""
     for _, folder in jobs:
         folder.mkdir(parents=True)
+    if executor == "ray":
+        return _build_on_ray(jobs, settings, strict, threads, on_progress, address)
     processes = max(1, min(workers, len(jobs)))
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // processes)  # zstd threads per process: use every core
@@ -252,11 +283,15 @@ def ingest(
     strict: bool = False,
     on_progress: ProgressCallback = lambda b, d: None,
     on_start: Callable[[int], None] = lambda total: None,
+    executor: str = "local",
+    address: str | None = None,
 ) -> IngestReport:
     """Add every source to `store` (created if needed) as one atomic step. See the module docstring.
 
     `workers` processes build sources in parallel; each compresses with `threads` zstd threads
-    (default: the machine's cores divided among the workers).
+    (default: the machine's cores divided among the workers). executor="ray" builds each source as a Ray
+    task instead (cluster.py; `address` of the cluster, else a local Ray instance); `store` must then be on
+    storage every node sees.
     """
     settings = settings or CompressionSettings()
     if workers < 1:
@@ -283,7 +318,7 @@ def ingest(
         built = dict(
             zip(
                 [folder for _, folder in jobs],
-                _build_all(jobs, settings, strict, workers, threads, on_progress),
+                _build_all(jobs, settings, strict, workers, threads, on_progress, executor, address),
                 strict=True,
             )
         )

@@ -192,10 +192,28 @@ def _write_partition(
     return done
 
 
+def _partition_task(store_path: Path, p: int, tokenizer_path: Path, folder: Path, threads: int) -> dict[str, int]:
+    """One partition as a Ray task: opens the store and the tokenizer where it runs."""
+    from . import open as open_store
+
+    tokenizer = Tokenizer(tokenizer_path)
+    dtype = token_dtype(tokenizer.vocab_size)
+    return _write_partition(open_store(store_path), p, tokenizer, folder, dtype, threads, lambda n: None)
+
+
 def tokenize(
-    store: Store, tokenizer_path: Path, *, threads: int = 1, on_docs: Callable[[int], None] = lambda n: None
+    store: Store,
+    tokenizer_path: Path,
+    *,
+    threads: int = 1,
+    on_docs: Callable[[int], None] = lambda n: None,
+    executor: str = "local",
+    address: str | None = None,
 ) -> dict[str, Any]:
-    """Tokenize every partition not yet done; returns the view's description (also written to view.json)."""
+    """Tokenize every partition not yet done; returns the view's description (also written to view.json).
+
+    executor="ray": one Ray task per partition (each with `threads` threads and as many CPUs) reading the
+    store and the view's copy of the tokenizer from storage every node sees; view.json is written here."""
     tokenizer = Tokenizer(tokenizer_path)
     folder = view_dir(store, tokenizer)
     dtype = token_dtype(tokenizer.vocab_size)
@@ -205,20 +223,29 @@ def tokenize(
             shutil.copyfile(tokenizer.path, folder / "tokenizer.model")
         for leftover in folder.glob("*.tmp"):
             leftover.unlink()
-        parts = []
+        found: dict[int, dict[str, Any]] = {}
         for p in range(store.num_partitions):
             marker = folder / f"p{p:05d}.done"
-            done = read_sealed(marker, f"delete it to tokenize partition {p} again") if marker.exists() else None
-            if done is not None and "sums" not in done.get("sha256", {}):
-                raise TokensError(
-                    f"{folder}: tokenized by an older pilestore (no block checksums); delete it and run "
-                    "`pilestore tokenize` again"
-                )
-            if done is None:
-                done = _write_partition(store, p, tokenizer, folder, dtype, threads, on_docs)
-            else:
-                on_docs(done["documents"])
-            parts.append({"partition": p, **done})
+            if marker.exists():
+                found[p] = read_sealed(marker, f"delete it to tokenize partition {p} again")
+                if "sums" not in found[p].get("sha256", {}):
+                    raise TokensError(
+                        f"{folder}: tokenized by an older pilestore (no block checksums); delete it and run "
+                        "`pilestore tokenize` again"
+                    )
+                on_docs(found[p]["documents"])
+        todo = [p for p in range(store.num_partitions) if p not in found]
+        if executor == "ray":
+            from .cluster import run_tasks
+
+            jobs = [(store.path, p, folder / "tokenizer.model", folder, threads) for p in todo]
+            results = run_tasks(_partition_task, jobs, address=address, num_cpus=threads,
+                                on_done=lambda k, done: on_docs(done["documents"]))  # fmt: skip
+            found.update(zip(todo, results, strict=True))
+        else:
+            for p in todo:
+                found[p] = _write_partition(store, p, tokenizer, folder, dtype, threads, on_docs)
+        parts = [{"partition": p, **found[p]} for p in range(store.num_partitions)]
         view = {
             "tokenizer": {
                 "file": tokenizer.path.name,

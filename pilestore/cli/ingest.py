@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import json_option, quiet_option, store_option, workers_option
+from .options import executor_options, json_option, quiet_option, store_option, workers_option
 from .ui import Ui, subset_table
 
 
@@ -26,6 +26,7 @@ from .ui import Ui, subset_table
     help="Bytes per trained zstd dictionary; 0 = no dictionaries.",
 )
 @click.option("--strict", is_flag=True, help="Fail on the first bad line instead of counting and skipping it.")
+@executor_options("source")
 @json_option
 @quiet_option
 def ingest(
@@ -36,6 +37,8 @@ def ingest(
     level: int,
     dict_size: int,
     strict: bool,
+    executor: str,
+    address: str | None,
     json_output: bool,
     quiet: bool,
 ) -> None:
@@ -47,6 +50,7 @@ def ingest(
     \b
     Example:
         pilestore ingest 00.jsonl.zst 01.jsonl.zst --store pile.store --workers 2
+        pilestore ingest /shared/pile/*.jsonl.zst --store /shared/pile.store --executor ray --address auto
     """
     from ..codec import CompressionSettings
     from ..ingest import ingest as run_ingest
@@ -66,6 +70,8 @@ def ingest(
             strict=strict,
             on_progress=advance,
             on_start=start,
+            executor=executor,
+            address=address,
         ).as_dict()
     if json_output:
         ui.emit_json(report)

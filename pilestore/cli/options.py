@@ -51,6 +51,28 @@ def workers_option(help_text: str) -> Callable[[F], F]:
     return click.option("--workers", "-j", default=1, show_default=True, type=click.IntRange(min=1), help=help_text)
 
 
+def executor_options(unit: str) -> Callable[[F], F]:
+    """--executor local|ray and --address: where the per-`unit` jobs run."""
+
+    def decorate(fn: F) -> F:
+        fn = click.option(
+            "--address",
+            default=None,
+            help="With --executor ray: the cluster to join (e.g. ray://head:10001 or auto)  [default: a Ray "
+            "cluster this node belongs to, else a local Ray instance]",
+        )(fn)
+        return click.option(
+            "--executor",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help=f"local: processes or threads here; ray: one Ray task per {unit} (the store must be on storage "
+            "every node sees; needs the ray extra).",
+        )(fn)
+
+    return decorate
+
+
 def parse_weights(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
     """--weight 'Wikipedia (en)=3' (repeatable) -> {"Wikipedia (en)": 3.0}."""
     weights = {}

@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from .options import json_option, out_file_option, parse_weights, quiet_option, store_option, workers_option
+from .options import (
+    executor_options,
+    json_option,
+    out_file_option,
+    parse_weights,
+    quiet_option,
+    store_option,
+    workers_option,
+)
 from .ui import Ui
 
 tokenizer_option = click.option(
@@ -79,6 +87,7 @@ def _print_indexes(ui: Ui, infos: list[dict[str, Any]]) -> None:
     help="Any other sentencepiece trainer option, e.g. --option character_coverage=0.9995.",
 )
 @json_option
+@quiet_option
 def train_tokenizer(
     store_dir: Path,
     out: Path,
@@ -89,6 +98,7 @@ def train_tokenizer(
     byte_fallback: bool,
     options: tuple[str, ...],
     json_output: bool,
+    quiet: bool,
 ) -> None:
     """Train a sentencepiece tokenizer on a random sample of the store's documents.
 
@@ -110,7 +120,7 @@ def train_tokenizer(
         if not sep:
             raise click.BadParameter(f"{option!r} is not KEY=VALUE", param_hint="--option")
         extra[key] = value
-    ui = Ui(json_output=json_output)
+    ui = Ui(json_output=json_output, quiet=quiet)
     result = run_train(
         open_store(store_dir),
         out,
@@ -138,7 +148,8 @@ def train_tokenizer(
 @context_option
 @packing_option
 @val_fraction_option
-@workers_option("Threads that encode documents in parallel.")
+@workers_option("Threads that encode documents in parallel (per Ray task with --executor ray).")
+@executor_options("partition")
 @json_option
 @quiet_option
 def tokenize(
@@ -149,6 +160,8 @@ def tokenize(
     packing: str,
     val_fraction: float | None,
     workers: int,
+    executor: str,
+    address: str | None,
     json_output: bool,
     quiet: bool,
 ) -> None:
@@ -159,6 +172,7 @@ def tokenize(
     \b
     Example:
         pilestore tokenize --store pile.store --tokenizer tok.model --seq-len 2048 --context 512 --workers 2
+        pilestore tokenize --store /shared/pile.store --tokenizer tok.model --executor ray --address auto
     """
     from .. import open as open_store
     from ..indexes import build_indexes
@@ -169,7 +183,9 @@ def tokenize(
     ui = Ui(json_output=json_output, quiet=quiet)
     store = open_store(store_dir)
     with ui.docs_progress("tokenize", len(store)) as advance:
-        result = run_tokenize(store, tokenizer_path, threads=workers, on_docs=advance)
+        result = run_tokenize(
+            store, tokenizer_path, threads=workers, on_docs=advance, executor=executor, address=address
+        )
     view = TokenView(Path(result["view"]))
     infos = build_indexes(view, store, seq_len, context, packing, val_fraction)
     subsets = subset_stats(store, view)

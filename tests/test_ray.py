@@ -1,0 +1,93 @@
+"""Ingest and tokenize as tasks on a real (local) Ray instance: the same files and result as a local run; a
+failing task fails the command and leaves the store unchanged."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pilestore
+from pilestore.errors import PilestoreError
+from pilestore.ingest import ingest
+from pilestore.tokens import tokenize
+
+from .conftest import read_source_lines
+
+
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sources(sample_path: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    lines = read_source_lines(sample_path)
+    folder = tmp_path_factory.mktemp("ray-sources")
+    out = []
+    for k, chunk in enumerate((lines[:500], lines[500:900], lines[900:1200])):  # quirk lines 296, 577 included
+        (folder / f"{k:02d}.jsonl").write_bytes(b"\n".join(chunk) + b"\n")
+        out.append(folder / f"{k:02d}.jsonl")
+    return out
+
+
+def _partitions(store: Path) -> list[dict]:
+    manifest = json.loads((store / "manifest.json").read_text())
+    keys = ("source", "documents", "subsets", "files", "text_bytes", "stored_bytes")
+    return [{k: entry.get(k) for k in keys} for entry in manifest["partitions"]]
+
+
+def test_ray_ingest_and_tokenize_give_the_files_of_a_local_run(
+    ray_instance: None, sources: list[Path], model: Path, tmp_path: Path
+) -> None:
+    local, on_ray = tmp_path / "local.store", tmp_path / "ray.store"
+    ingest(sources, local, workers=2, threads=1)
+    progress: list[tuple[int, int]] = []
+    report = ingest(sources, on_ray, threads=1, executor="ray", on_progress=lambda b, d: progress.append((b, d)))
+    assert report.as_dict()["documents"] == len(pilestore.open(local)) == 1200
+    assert _partitions(on_ray) == _partitions(local)  # same sources, counts and file hashes, in the same order
+    assert sorted(progress) == sorted((s.stat().st_size, d) for s, d in zip(sources, [500, 400, 300], strict=True))
+    a, b = pilestore.open(local), pilestore.open(on_ray)
+    assert all(a[i].to_record() == b[i].to_record() for i in range(len(a)))
+    assert not (on_ray / ".staging").exists() or not any((on_ray / ".staging").iterdir())
+
+    views = {}
+    for store, executor in ((local, "local"), (on_ray, "ray")):
+        result = tokenize(pilestore.open(store), model, threads=1, executor=executor)
+        views[executor] = result
+    assert [p["sha256"] for p in views["ray"]["partitions"]] == [p["sha256"] for p in views["local"]["partitions"]]
+    assert views["ray"]["tokens"] == views["local"]["tokens"] > 0
+
+
+def test_a_failing_ray_task_fails_the_ingest_and_leaves_the_store_unchanged(
+    ray_instance: None, sources: list[Path], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "fine", "meta": {"pile_set_name": "Pile-CC"}}\n{"text": broken}\n')
+    store = tmp_path / "s.store"
+    ingest(sources[:1], store, threads=1, executor="ray")
+    before = (store / "manifest.json").read_bytes()
+    with pytest.raises(PilestoreError, match=r"bad.jsonl:2: not JSON"):
+        ingest([sources[1], bad], store, threads=1, executor="ray", strict=True)
+    assert (store / "manifest.json").read_bytes() == before and len(pilestore.open(store)) == 500
+    ingest([sources[1]], store, threads=1, executor="ray")  # a re-run without the bad source completes
+    assert len(pilestore.open(store)) == 900
+
+
+def test_the_cli_runs_on_ray(sources: list[Path], tmp_path: Path) -> None:
+    store = tmp_path / "cli.store"
+    done = subprocess.run(
+        [sys.executable, "-m", "pilestore", "ingest", *map(str, sources[:2]), "--store", str(store),
+         "--executor", "ray", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["documents"] == 900 == len(pilestore.open(store))

@@ -1,8 +1,9 @@
-"""Scale on one machine (`pytest -m slow`; ~15 minutes on 2 cores for 10 GB): a synthetic Pile-format corpus of
-PILESTORE_SCALE_GB (default 10) GB in 5 sources, generated here by ../shared/corpus/make_synthetic.py, ingests with
-2 workers and tokenizes (a PILESTORE_SCALE_TOKENIZE_GB store, default 0.5) with every process under 2 GB of
-resident memory, and nothing lost: every generated document, per subset, is in the store. Throughput and the
-1 -> 2 worker speedup are measured by benchmarks/bench_scale.py, not asserted here."""
+"""Scale on one machine (`pytest -m slow`): a synthetic Pile-format corpus of PILESTORE_SCALE_GB (default 10) GB
+in 5 sources, generated here by ../shared/corpus/make_synthetic.py, ingests with 2 workers and tokenizes with 2
+with every process under 2 GB of resident memory, and nothing lost: every generated document, per subset, is in
+the store, and every stored document has its tokens. On 2 cores 10 GB takes ~50 minutes, nearly all of it
+tokenizing (4.4 MB/s); PILESTORE_SCALE_TOKENIZE_GB=0.5 tokenizes a separate store of that size instead.
+Throughput and the 1 -> 2 worker speedup are measured by benchmarks/bench_scale.py, not asserted here."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pilestore
 from .conftest import SHARED
 
 GB = float(os.environ.get("PILESTORE_SCALE_GB", "10"))
-TOKENIZE_GB = float(os.environ.get("PILESTORE_SCALE_TOKENIZE_GB", "0.5"))
+TOKENIZE_GB = float(os.environ["PILESTORE_SCALE_TOKENIZE_GB"]) if "PILESTORE_SCALE_TOKENIZE_GB" in os.environ else None
 LIMIT_MB = 2048
 
 
@@ -57,15 +58,17 @@ def test_a_corpus_larger_than_memory_ingests_and_tokenizes_in_bounded_memory(tmp
     assert len(opened) == sum(s["docs"] for s in summaries)
     assert opened.subsets == expected
 
-    small = tmp_path / "tok" / "tok.jsonl.zst"
-    small.parent.mkdir()
-    generate(small, TOKENIZE_GB * 1000, 7)
-    tok_store = tmp_path / "tok.store"
-    run("ingest", str(small), "--store", str(tok_store))
+    tok_store = store
+    if TOKENIZE_GB is not None:
+        small = tmp_path / "tok" / "tok.jsonl.zst"
+        small.parent.mkdir()
+        generate(small, TOKENIZE_GB * 1000, 7)
+        tok_store = tmp_path / "tok.store"
+        run("ingest", str(small), "--store", str(tok_store))
     model = tmp_path / "tok.model"
     run("train-tokenizer", "--store", str(tok_store), "--vocab-size", "32000", "--sample-mb", "50", "--out", str(model))
     tokenize_rss = run("tokenize", "--store", str(tok_store), "--tokenizer", str(model), "--workers", "2")
-    print(f"tokenize of {TOKENIZE_GB} GB: peak RSS {tokenize_rss} MB")
+    print(f"tokenize of {TOKENIZE_GB or GB} GB: peak RSS {tokenize_rss} MB")
     assert tokenize_rss < LIMIT_MB
     view = json.loads(next((tok_store / "tokens").glob("*/view.json")).read_text())
     assert view["documents"] == len(pilestore.open(tok_store)) and view["tokens"] > view["documents"]

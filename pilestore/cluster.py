@@ -70,5 +70,7 @@ def run_tasks(
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
+        if pending:  # cancelling is asynchronous: wait until no task can still write, before the caller's
+            ray.wait(pending, num_returns=len(pending), timeout=120)  # lock is released and a re-run starts
         raise
     return results

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,8 @@ def generate(out: Path, mb: float, seed: int) -> dict:
 
 @pytest.mark.slow
 def test_a_corpus_larger_than_memory_ingests_and_tokenizes_in_bounded_memory(tmp_path: Path) -> None:
-    summaries = [generate(tmp_path / f"{k:02d}.jsonl.zst", GB * 1000 / 5, k) for k in range(5)]
+    with ThreadPoolExecutor(2) as pool:  # two generator processes at a time
+        summaries = list(pool.map(lambda k: generate(tmp_path / f"{k:02d}.jsonl.zst", GB * 1000 / 5, k), range(5)))
     sources = sorted(tmp_path.glob("*.jsonl.zst"))
     store = tmp_path / "s.store"
     ingest_rss = run("ingest", *map(str, sources), "--store", str(store), "--workers", "2", "--threads", "1")

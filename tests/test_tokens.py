@@ -423,3 +423,38 @@ def test_token_commands_fail_clearly(small_store: Path, tmp_path: Path) -> None:
     )
     assert tiny.exit_code == 1 and "--option character_coverage" in tiny.output
     assert not (tmp_path / "t.model").exists()
+
+
+def test_every_single_bit_flip_in_a_samples_records_fails_its_check() -> None:
+    """The read-time check of a sample (samples._record_ok): any one flipped bit of the sample record or of
+    its span records is refused, and the untouched records pass."""
+    from pilestore.samples import _SAMPLE_WORDS, _SPAN_WORDS, SAMPLE_RECORD, SPAN_RECORD, _record_ok, record_checks
+
+    rng = np.random.default_rng(5)
+    counts = [3, 1, 2]
+    spans = np.zeros(sum(counts), SPAN_RECORD)
+    for field in ("doc", "start", "offset", "n_bytes", "context", "target", "subset", "eod"):
+        spans[field] = rng.integers(0, 100, len(spans))
+    samples = np.zeros(len(counts), SAMPLE_RECORD)
+    samples["span_begin"] = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    samples["n_spans"], samples["n_bytes"], samples["n_tokens"] = counts, rng.integers(0, 9, 3), 129
+    samples["check"] = record_checks(samples, spans)
+
+    def ok(i: int, sample_bytes: bytes, span_bytes: bytes) -> bool:
+        record = np.frombuffer(sample_bytes, SAMPLE_RECORD)[0]
+        words = np.frombuffer(span_bytes, np.uint64)
+        head = np.frombuffer(sample_bytes, np.uint64)[:_SAMPLE_WORDS]
+        return _record_ok(int(record["check"]), head, words, counts[i])
+
+    for i, count in enumerate(counts):
+        first = int(samples["span_begin"][i])
+        sample_bytes, span_bytes = samples[i].tobytes(), spans[first : first + count].tobytes()
+        assert ok(i, sample_bytes, span_bytes)
+        assert len(span_bytes) == count * _SPAN_WORDS * 8
+        for which in ("sample", "spans"):
+            data = sample_bytes if which == "sample" else span_bytes
+            for bit in range(len(data) * 8):
+                flipped = bytearray(data)
+                flipped[bit // 8] ^= 1 << (bit % 8)
+                args = (bytes(flipped), span_bytes) if which == "sample" else (sample_bytes, bytes(flipped))
+                assert not ok(i, *args), (i, which, bit)

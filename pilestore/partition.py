@@ -95,12 +95,16 @@ def _read_mmap(conn: apsw.Connection) -> None:
     conn.execute(f"PRAGMA mmap_size = {READ_MMAP_BYTES}")
 
 
-def connect_reader(path: Path) -> apsw.Connection:
-    """Read-only, immutable connection: no locks or journal files; raises StoreFormatError if not a partition."""
+def connect_reader(path: Path, mmap: bool = True) -> apsw.Connection:
+    """Read-only, immutable connection: no locks or journal files; raises StoreFormatError if not a partition.
+
+    mmap=False for one sequential scan: pages are read into SQLite's small cache instead of staying mapped, so
+    scanning a partition of many GB does not grow the process's resident memory to the file's size."""
     uri = f"file:{quote(str(path.resolve()))}?mode=ro&immutable=1"
     try:
         conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
-        _read_mmap(conn)
+        if mmap:
+            _read_mmap(conn)
         app_id, version = _check_header(conn)
     except apsw.Error as err:
         raise StoreFormatError(f"{path}: not a readable pilestore partition ({err}); run `pilestore verify`") from err

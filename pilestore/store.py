@@ -194,8 +194,17 @@ class Store:
         """Documents of partition p from row `start`, in order, with one sequential scan."""
         part = self._partition(p)
         decompressor = Decompressor(part.dictionaries)  # this generator's own: it may run beside other reads
+        scan = partition.connect_reader(self.path / self.manifest["partitions"][p]["file"], mmap=False)
+        try:
+            yield from self._scan(p, part, scan, decompressor, start)
+        finally:
+            scan.close()
+
+    def _scan(
+        self, p: int, part: _Partition, scan: apsw.Connection, decompressor: Decompressor, start: int
+    ) -> Iterator[Document]:
         expected = start
-        rows = partition.iter_rows(part.conn, start)
+        rows = partition.iter_rows(scan, start)
         while True:
             try:
                 item = next(rows, None)

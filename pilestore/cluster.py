@@ -17,6 +17,12 @@ from .errors import PilestoreError
 EXECUTORS = ("local", "ray")
 
 
+def check_executor(executor: str) -> None:
+    """A ValueError for an executor that is not one of EXECUTORS (instead of running locally)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+
+
 def _ray() -> Any:
     try:
         import ray

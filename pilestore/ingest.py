@@ -29,6 +29,7 @@ import apsw
 
 from . import __version__
 from .build import INDEX_FILE, PARTITION_FILE, RESULT_FILE, build_partition
+from .cluster import check_executor, run_tasks
 from .codec import CompressionSettings
 from .errors import PilestoreError, SourceError
 from .manifest import (
@@ -176,8 +177,6 @@ def _build_on_ray(
     address: str | None,
 ) -> list[dict[str, Any]]:
     """One Ray task per source, each with `threads` zstd threads (default 1) and as many CPUs."""
-    from .cluster import run_tasks
-
     threads = threads or 1
     tasks = [(src, folder, settings, strict, threads, _no_progress) for src, folder in jobs]
     return run_tasks(
@@ -294,6 +293,7 @@ def ingest(
     storage every node sees.
     """
     settings = settings or CompressionSettings()
+    check_executor(executor)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if threads is not None and threads < 1:

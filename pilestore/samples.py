@@ -90,35 +90,32 @@ def sample_subsets(spans: Any, doc_subset: np.ndarray) -> np.ndarray:
     return doc_subset[spans.doc[order[first_max]]].astype(np.int16)
 
 
+def span_offsets(view: TokenView, doc: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each span's partition, and its first token's position in that partition's token file."""
+    counts = [len(view.partition(p).n_tokens) for p in range(view.num_partitions)]
+    first_doc = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
+    part = np.searchsorted(first_doc, doc, side="right") - 1
+    offset = np.zeros(len(doc), dtype=np.int64)
+    for p in range(view.num_partitions):
+        mask = part == p
+        offset[mask] = view.partition(p).start[doc[mask] - first_doc[p]] + start[mask]
+    return part, offset
+
+
 def span_bytes(
-    view: TokenView, doc: np.ndarray, start: np.ndarray, context: np.ndarray, target: np.ndarray
+    view: TokenView, part: np.ndarray, offset: np.ndarray, start: np.ndarray, context: np.ndarray, target: np.ndarray
 ) -> np.ndarray:
-    """Exact UTF-8 bytes covered by each span's target tokens (see the module docstring)."""
-    out = np.zeros(len(doc), dtype=np.int64)
-    first_doc = 0
+    """Exact UTF-8 bytes covered by each span's target tokens (see the module docstring); part and offset as
+    span_offsets gives them. The byte offsets are read from the files in sorted chunks (TokenView.byte_ends_at),
+    not through a map: a build over many GB of them keeps its memory bounded."""
+    out = np.zeros(len(part), dtype=np.int64)
     for p in range(view.num_partitions):
-        part = view.partition(p)
-        n = len(part.n_tokens)
-        mask = (doc >= first_doc) & (doc < first_doc + n) & (target > 0)
-        local = doc[mask] - first_doc
-        first = part.start[local] + start[mask] + context[mask]  # first target token in the partition file
+        mask = (part == p) & (target > 0)
+        first = offset[mask] + context[mask]  # first target token in the partition file
         last = first + target[mask] - 1
-        before = np.where(start[mask] + context[mask] > 0, part.byte_ends[np.maximum(first - 1, 0)], 0)
-        out[mask] = part.byte_ends[last].astype(np.int64) - before.astype(np.int64)
-        first_doc += n
-    return out
-
-
-def span_offsets(view: TokenView, doc: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """Each span's first token in its partition's token file."""
-    out = np.zeros(len(doc), dtype=np.int64)
-    first_doc = 0
-    for p in range(view.num_partitions):
-        part = view.partition(p)
-        n = len(part.n_tokens)
-        mask = (doc >= first_doc) & (doc < first_doc + n)
-        out[mask] = part.start[doc[mask] - first_doc] + start[mask]
-        first_doc += n
+        ends = view.byte_ends_at(p, np.concatenate((np.maximum(first - 1, 0), last))).astype(np.int64)
+        before, after = ends[: len(first)], ends[len(first) :]
+        out[mask] = after - np.where(start[mask] + context[mask] > 0, before, 0)
     return out
 
 
@@ -192,7 +189,8 @@ def write_index(
     folder = view.folder / SAMPLES_DIR
     folder.mkdir(exist_ok=True)
     name, seq_len = shape.name, shape.seq_len
-    n_bytes = span_bytes(view, spans.doc, spans.start, spans.context, spans.target)
+    span_part, span_offset = span_offsets(view, spans.doc, spans.start)
+    n_bytes = span_bytes(view, span_part, span_offset, spans.start, spans.context, spans.target)
     begin = spans.span_begin
     n_spans = np.diff(begin).astype(np.int32)
     by_sample = spans.order()
@@ -205,7 +203,7 @@ def write_index(
         span_records[field] = getattr(spans, field)[by_sample]
     span_records["n_bytes"] = n_bytes[by_sample]
     span_records["subset"] = doc_subset[spans.doc[by_sample]]
-    span_records["offset"] = span_offsets(view, span_records["doc"], span_records["start"])
+    span_records["offset"] = span_offset[by_sample]
     sample_records = np.zeros(spans.num_samples, SAMPLE_RECORD)
     sample_records["span_begin"], sample_records["n_spans"] = begin[:-1], n_spans
     sample_records["n_tokens"], sample_records["n_bytes"] = sample_tokens, sample_bytes
@@ -370,7 +368,7 @@ class SampleIndex:
         generation = str(self.info.get("generation", "")).encode()
         if any(meta.get(GENERATION_KEY.encode()) != generation for meta in found):
             raise _Changing(
-                f"{folder / name}: its .json, .spans.arrow and .samples.arrow stayed from different builds (a "
+                f"{folder / name}: its .json and .spans/.samples/.rows.arrow stayed from different builds (a "
                 "rebuild that did not finish?); rebuild it with `pilestore index`"
             )
         if "record" not in self.samples or "subsets" not in self.info or "subset" not in self.spans:

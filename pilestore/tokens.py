@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from xxhash import xxh3_64_intdigest as _xxh3_64
 
+from .cluster import check_executor, run_tasks
 from .errors import PilestoreError
 from .manifest import now, read_sealed, write_sealed, writer_lock
 from .shards import file_sha256
@@ -65,14 +66,35 @@ class TokenDamageError(TokensError):
 
 def block_sums(path: Path, chunk: int = 4096 * BLOCK) -> np.ndarray:
     """xxh3_64 of each BLOCK bytes of a file (the last block may be shorter)."""
-    import xxhash
-
     sums: list[int] = []
     with open(path, "rb") as fh:
         while data := fh.read(chunk):
             view = memoryview(data)
-            sums.extend(xxhash.xxh3_64_intdigest(view[at : at + BLOCK]) for at in range(0, len(data), BLOCK))
+            sums.extend(_xxh3_64(view[at : at + BLOCK]) for at in range(0, len(data), BLOCK))
     return np.array(sums, dtype=np.uint64)
+
+
+def read_at(path: Path, dtype: np.dtype, positions: np.ndarray, chunk: int = 1 << 24) -> np.ndarray:
+    """The file as an array of `dtype`, at `positions`: read in sorted chunks of at most `chunk` items with
+    pread, so memory stays bounded and the file is never mapped (mapped pages would count in the RSS)."""
+    order = np.argsort(positions, kind="stable")
+    wanted = positions[order]
+    out = np.empty(len(positions), dtype)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        i = 0
+        while i < len(wanted):
+            lo = int(wanted[i])
+            j = int(np.searchsorted(wanted, lo + chunk, side="left"))
+            count = int(wanted[j - 1]) - lo + 1
+            data = np.frombuffer(os.pread(fd, count * dtype.itemsize, lo * dtype.itemsize), dtype)
+            if len(data) != count:
+                raise TokenDamageError(f"{path}: shorter than its document table says; run `pilestore verify`")
+            out[order[i:j]] = data[wanted[i:j] - lo]
+            i = j
+    finally:
+        os.close(fd)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +236,7 @@ def tokenize(
 
     executor="ray": one Ray task per partition (each with `threads` threads and as many CPUs) reading the
     store and the view's copy of the tokenizer from storage every node sees; view.json is written here."""
+    check_executor(executor)
     tokenizer = Tokenizer(tokenizer_path)
     folder = view_dir(store, tokenizer)
     dtype = token_dtype(tokenizer.vocab_size)
@@ -236,8 +259,6 @@ def tokenize(
                 on_docs(found[p]["documents"])
         todo = [p for p in range(store.num_partitions) if p not in found]
         if executor == "ray":
-            from .cluster import run_tasks
-
             jobs = [(store.path, p, folder / "tokenizer.model", folder, threads) for p in todo]
             results = run_tasks(_partition_task, jobs, address=address, num_cpus=threads,
                                 on_done=lambda k, done: on_docs(done["documents"]))  # fmt: skip
@@ -329,6 +350,10 @@ class TokenView:
                 path=stem.with_suffix(".tokens"),
             )
         return found
+
+    def byte_ends_at(self, p: int, positions: np.ndarray) -> np.ndarray:
+        """Partition p's byte ends (uint32) at token `positions`, read without mapping the file."""
+        return read_at(self.folder / f"p{p:05d}.bytes", np.dtype(np.uint32), np.asarray(positions, np.int64))
 
     def check_build_inputs(self) -> None:
         """Before an index build: the document tables and byte offsets it reads match their recorded xxh3."""

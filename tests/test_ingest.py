@@ -252,3 +252,10 @@ def test_a_staged_build_not_asked_for_again_is_removed(make_shard: ShardMaker, t
     assert len(list((store_dir / ".staging").iterdir())) == 1
     ingest([make_shard([doc("a")], name="other.jsonl.zst")], store_dir)
     assert not list((store_dir / ".staging").iterdir())
+
+
+def test_an_unknown_executor_is_refused_before_any_work(make_shard: ShardMaker, tmp_path: Path) -> None:
+    shard = make_shard([doc("one")])
+    with pytest.raises(ValueError, match="executor must be one of local, ray, got 'rya'"):
+        ingest([shard], tmp_path / "s.store", executor="rya")
+    assert not (tmp_path / "s.store").exists()

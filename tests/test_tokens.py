@@ -458,3 +458,38 @@ def test_every_single_bit_flip_in_a_samples_records_fails_its_check() -> None:
                 flipped[bit // 8] ^= 1 << (bit % 8)
                 args = (bytes(flipped), span_bytes) if which == "sample" else (sample_bytes, bytes(flipped))
                 assert not ok(i, *args), (i, which, bit)
+
+
+def test_read_at_gathers_from_a_file_in_bounded_chunks_and_names_a_short_file(tmp_path: Path) -> None:
+    from pilestore.tokens import TokenDamageError, read_at
+
+    values = np.random.default_rng(0).integers(0, 2**32, 50_000, dtype=np.uint32)
+    path = tmp_path / "p00000.bytes"
+    values.tofile(path)
+    positions = np.random.default_rng(1).integers(0, len(values), 3_000)
+    for chunk in (1, 777, 1 << 24):  # every chunk size gives the same values, in the order asked
+        assert np.array_equal(read_at(path, np.dtype(np.uint32), positions, chunk=chunk), values[positions])
+    path.write_bytes(path.read_bytes()[:40_000])  # cut short: the positions beyond are not there
+    with pytest.raises(TokenDamageError, match="p00000.bytes: shorter than its document table says"):
+        read_at(path, np.dtype(np.uint32), np.array([5, 49_999]))
+
+
+def test_a_view_from_before_block_checksums_is_refused_with_what_to_do(
+    small_store: Path, model: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from pilestore.manifest import read_sealed, write_sealed
+    from pilestore.tokens import TokensError
+
+    store_dir = tmp_path / "old.store"
+    shutil.copytree(small_store, store_dir, ignore=shutil.ignore_patterns("tokens"))
+    folder = Path(tokenize(pilestore.open(store_dir), model)["view"])
+    (folder / "p00000.sums").unlink()  # as an older pilestore left it
+    with pytest.raises(TokensError, match="older pilestore .*delete it and run `pilestore tokenize` again"):
+        TokenView(folder).partition(0)
+    done = read_sealed(folder / "p00001.done", "")
+    del done["sha256"]["sums"]
+    write_sealed(folder / "p00001.done", done)
+    with pytest.raises(TokensError, match="older pilestore"):
+        tokenize(pilestore.open(store_dir), model)

@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
+from ..cluster import EXECUTORS
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 store_option = click.option(
@@ -63,7 +65,7 @@ def executor_options(unit: str) -> Callable[[F], F]:
         )(fn)
         return click.option(
             "--executor",
-            type=click.Choice(["local", "ray"]),
+            type=click.Choice(EXECUTORS),
             default="local",
             show_default=True,
             help=f"local: processes or threads here; ray: one Ray task per {unit} (the store must be on storage "

@@ -18,10 +18,10 @@ from pathlib import Path
 import zstandard
 
 
-def documents(limit: int) -> list[dict]:
+def documents(limit: int, start: int = 0) -> list[dict]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     docs: list[dict] = []
-    for path in sorted(stdlib.glob("*.py"))[:limit]:
+    for path in sorted(stdlib.glob("*.py"))[start : start + limit]:
         source = path.read_text(encoding="utf-8", errors="surrogateescape")
         try:
             source.encode("utf-8")
@@ -41,8 +41,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="output .jsonl.zst file")
     parser.add_argument("--modules", type=int, default=400, help="stdlib modules to include (default 400)")
+    parser.add_argument("--start", type=int, default=0, help="skip this many modules (sorted by name) first")
     args = parser.parse_args()
-    lines = b"".join(json.dumps(d, ensure_ascii=False).encode() + b"\n" for d in documents(args.modules))
+    docs = documents(args.modules, args.start)
+    if not docs:
+        raise SystemExit(f"no modules from number {args.start} on: the standard library has fewer")
+    lines = b"".join(json.dumps(d, ensure_ascii=False).encode() + b"\n" for d in docs)
     args.out.write_bytes(zstandard.ZstdCompressor(level=3).compress(lines))
     count = lines.count(b"\n")
     print(f"wrote {count:,} documents ({len(lines) / 1e6:.1f} MB of JSON lines) to {args.out}")

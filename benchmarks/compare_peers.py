@@ -45,13 +45,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("PILESTORE_SHARED", HERE.parents[1] / "shared"))
 SYSTEMS = ["pilestore", "datasets", "mds", "litdata", "memmap"]
 PEER_PACKAGES = {"datasets": "datasets", "mds": "mosaicml-streaming", "litdata": "litdata", "memmap": "numpy"}
+VERSION_NAMES = {"mds": "mosaicml-streaming", "memmap": "numpy"}  # as versions are listed
 SEQ_LEN, BLOCK = 2048, 2049
-ACCESS, BATCH, BATCHES = 20_000, 8, 150
+ACCESS, BATCH, BATCHES = 20_000, 8, 400
 
 
 def emit(**fields: Any) -> None:
@@ -62,8 +64,8 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def source_records(corpus: Path) -> Iterator[dict[str, Any]]:
-    """The corpus's documents as the peers receive them: text (lone surrogates replaced) and meta as JSON."""
+def parsed_records(corpus: Path) -> Iterator[tuple[str, Any]]:
+    """(text, meta) of every line that has a string text, parsed by the stdlib."""
     import zstandard
 
     with open(corpus, "rb") as fh:
@@ -76,9 +78,19 @@ def source_records(corpus: Path) -> Iterator[dict[str, Any]]:
                 text = record["text"]
             except (ValueError, KeyError, TypeError):
                 continue  # pilestore skips (and counts) the same lines
-            if not isinstance(text, str):
-                continue
-            yield {"text": text.encode("utf-8", "replace").decode(), "meta": json.dumps(record.get("meta") or {})}
+            if isinstance(text, str):
+                yield text, record.get("meta") or {}
+
+
+def utf8(text: str) -> str:
+    """Text as UTF-8-only stores can hold it: lone surrogates become U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def source_records(corpus: Path) -> Iterator[dict[str, Any]]:
+    """The corpus's documents as the peers receive them: text (lone surrogates replaced) and meta as JSON."""
+    for text, meta in parsed_records(corpus):
+        yield {"text": utf8(text), "meta": json.dumps(meta)}
 
 
 def json_bytes(corpus: Path) -> int:
@@ -212,13 +224,13 @@ class MDSDocs(Docs):
     def _dataset(self, out: Path, shuffle: bool) -> Any:
         base = import_streaming()
         base.util.clean_stale_shared_memory()
-        self.cache = out.parent / f"mds_cache_{int(shuffle)}"
-        shutil.rmtree(self.cache, ignore_errors=True)
         return base.StreamingDataset(
             remote=str(out), local=str(self.cache), shuffle=shuffle, shuffle_seed=1, batch_size=1
         )
 
     def open(self, out: Path) -> int:
+        self.cache = out.parent / "mds_cache"  # where MDS keeps the shards it decompressed for reading
+        shutil.rmtree(self.cache, ignore_errors=True)
         self.ds = self._dataset(out, shuffle=False)
         return len(self.ds)
 
@@ -226,6 +238,7 @@ class MDSDocs(Docs):
         return self.ds[i]["text"]
 
     def shuffled_pass(self, out: Path, n: int) -> int:
+        del self.ds  # one StreamingDataset per local folder at a time; the pass reuses the warm cache
         return sum(1 for _ in self._dataset(out, shuffle=True))
 
     def read_cache_bytes(self) -> int:
@@ -248,11 +261,11 @@ class LitDocs(Docs):
     def _dataset(self, out: Path, shuffle: bool) -> Any:
         import litdata
 
-        self.cache = out.parent / f"lit_cache_{int(shuffle)}"
-        shutil.rmtree(self.cache, ignore_errors=True)
         return litdata.StreamingDataset(str(out), cache_dir=str(self.cache), shuffle=shuffle, seed=1)
 
     def open(self, out: Path) -> int:
+        self.cache = out.parent / "lit_cache"
+        shutil.rmtree(self.cache, ignore_errors=True)
         self.ds = self._dataset(out, shuffle=False)
         return len(self.ds)
 
@@ -334,8 +347,6 @@ def token_blocks(store_dir: Path) -> np.ndarray:
 
 
 def as_sample(x: Any) -> dict[str, Any]:
-    import torch
-
     x = torch.as_tensor(np.asarray(x, np.int64))
     return {"input_ids": x[:-1], "labels": x[1:]}
 
@@ -356,23 +367,28 @@ class HFTokens:
         return as_sample(self.ds[i]["input_ids"])
 
 
+class AsSamples(torch.utils.data.IterableDataset):
+    """A peer's streaming dataset (it shuffles and shards over workers itself), its items as training samples."""
+
+    def __init__(self, inner: Any, key: str | None = None) -> None:
+        self.inner, self.key = inner, key
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for item in self.inner:
+            yield as_sample(item[self.key] if self.key else item)
+
+
 def mds_tokens(blocks: np.ndarray, out: Path) -> Any:
     base = import_streaming()
     with base.MDSWriter(out=str(out), columns={"tokens": f"ndarray:{blocks.dtype.name}:{BLOCK}"}) as writer:
         for block in blocks:
             writer.write({"tokens": block})
 
-    class Samples(base.StreamingDataset):
-        def __getitem__(self, i: int) -> dict[str, Any]:
-            return as_sample(super().__getitem__(i)["tokens"])
-
     base.util.clean_stale_shared_memory()
-    return Samples(local=str(out), shuffle=True, shuffle_seed=1, batch_size=BATCH)
+    return AsSamples(base.StreamingDataset(local=str(out), shuffle=True, shuffle_seed=1, batch_size=BATCH), "tokens")
 
 
 def _litdata_tokens(blocks_path: str) -> Iterator[Any]:
-    import torch
-
     for block in np.load(blocks_path, mmap_mode="r"):
         yield torch.from_numpy(np.array(block))
 
@@ -388,11 +404,20 @@ def lit_tokens(blocks: np.ndarray, out: Path) -> Any:
         item_loader=TokensLoader(), verbose=False,
     )  # fmt: skip
 
-    class Samples(litdata.StreamingDataset):
-        def __getitem__(self, i: Any) -> dict[str, Any]:
-            return as_sample(super().__getitem__(i))
+    return AsSamples(
+        litdata.StreamingDataset(str(out), item_loader=TokensLoader(block_size=BLOCK), shuffle=True, seed=1)
+    )
 
-    return Samples(str(out), item_loader=TokensLoader(block_size=BLOCK), shuffle=True, seed=1)
+
+class Epochs:
+    """A loader's batches, epoch after epoch (a small corpus holds fewer samples than the run reads)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            yield from self.loader
 
 
 def run_loader(system: str, store_dir: Path, work: Path) -> None:
@@ -431,7 +456,7 @@ def run_loader(system: str, store_dir: Path, work: Path) -> None:
             kwargs["sampler"] = shuffle
         elif shuffle:
             kwargs["shuffle"] = True
-        samples_s, _ = rate(DataLoader(ds, **kwargs), BATCHES)
+        samples_s, _ = rate(Epochs(DataLoader(ds, **kwargs)), BATCHES)
         emit(part="loader", system=system, workers=workers, samples=BATCHES * BATCH,
              samples_s=round(samples_s), tokens_s=round(samples_s * SEQ_LEN), token_bytes=size)  # fmt: skip
 
@@ -467,9 +492,18 @@ def sampled(docs: dict[str, Any]) -> str:
     return f" (first {n:,} only)" if n < ACCESS else ""
 
 
+def median_loads(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per (system, workers): the round with the median samples/s."""
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["part"] == "loader" and "error" not in r:
+            runs.setdefault((r["system"], r["workers"]), []).append(r)
+    return {key: sorted(found, key=lambda r: r["samples_s"])[len(found) // 2] for key, found in runs.items()}
+
+
 def table(rows: list[dict[str, Any]], source_bytes: int) -> str:
-    docs = {r["system"]: r for r in rows if r["part"] == "docs"}
-    loads = {(r["system"], r.get("workers")): r for r in rows if r["part"] == "loader"}
+    docs = {r["system"]: r for r in rows if r["part"] == "docs" and "error" not in r}
+    loads = median_loads(rows)
     lines = [
         "| system | build s | build MB/s | on disk MB | ÷ source .zst | access p50 µs | p99 µs | shuffled pass docs/s "
         "| loader 1 worker samples/s | 2 workers | tokens on disk MB |",
@@ -477,7 +511,7 @@ def table(rows: list[dict[str, Any]], source_bytes: int) -> str:
     ]
     for system in SYSTEMS:
         d, one, two = docs.get(system, {}), loads.get((system, 1), {}), loads.get((system, 2), {})
-        failed = [r["error"] for r in rows if r["system"] == system and "error" in r]
+        failed = sorted({r["error"] for r in rows if r["system"] == system and "error" in r})
         tokens = one.get("token_bytes")
         lines.append(
             f"| {system} | {fmt(d.get('build_s'), '.1f')} | {fmt(d.get('build_mb_s'), '.1f')} | "
@@ -498,7 +532,7 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     docs = {r["system"]: r for r in rows if r["part"] == "docs" and "error" not in r}
-    loads = {(r["system"], r["workers"]): r for r in rows if r["part"] == "loader" and "error" not in r}
+    loads = median_loads(rows)
     panels = [
         ("on disk, MB (lower is better)", {s: r["bytes"] / 1e6 for s, r in docs.items()}),
         ("random access p50, µs (lower is better)", {s: r["access_p50_us"] for s, r in docs.items()}),
@@ -510,8 +544,10 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
         names = [s for s in SYSTEMS if s in values]
         bars = ax.bar(names, [values[s] for s in names], color=["#d62728" if s == "pilestore" else "#7f7f7f"
                                                                 for s in names])  # fmt: skip
-        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.bar_label(bars, fmt=lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.1f}", fontsize=8)
         ax.set_title(title, fontsize=10)
+        if "access" in title:
+            ax.set_yscale("log")
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -523,7 +559,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--parts", default="docs,loader")
+    parser.add_argument("--rounds", type=int, default=3, help="loader runs per system, interleaved (median shown)")
     parser.add_argument("--out", type=Path, default=HERE.parent / "docs", help="where the table and chart go")
+    parser.add_argument("--report-only", action="store_true", help="redo the table and chart from --out's jsonl")
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
@@ -534,12 +572,18 @@ def main() -> None:
         else:
             run_loader(args.child, args.store, args.work)
         return
+    if args.report_only:
+        print(report(args.out))
+        return
 
     import tempfile
 
     work = args.work or Path(tempfile.mkdtemp(prefix="peers-"))
     work.mkdir(parents=True, exist_ok=True)
     systems, parts = args.systems.split(","), args.parts.split(",")
+    for name, given, known in (("system", systems, SYSTEMS), ("part", parts, ["docs", "loader"])):
+        if unknown := sorted(set(given) - set(known)):
+            parser.error(f"unknown {name} {', '.join(unknown)}: choose from {', '.join(known)}")
     rows: list[dict[str, Any]] = []
     if "docs" in parts:
         for system in systems:
@@ -548,24 +592,43 @@ def main() -> None:
         from bench_torch import prepare
 
         store_dir = prepare(work, args.corpus, vocab_size=32_000)  # ingest, train a 32k BPE, tokenize, index
-        for system in systems:
-            rows += run_child(system, "loader", args.corpus, work, store_dir)
-    altered = sum(1 for r in source_records(args.corpus) if "\ufffd" in r["text"])
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.system()}"
-    versions = {s: version(s) for s in systems} | {"torch": version_of("torch")}
+        for round_ in range(args.rounds):  # systems interleaved, the median per system: the machine is noisy
+            for system in systems:
+                rows += [{**r, "round": round_} for r in run_child(system, "loader", args.corpus, work, store_dir)]
+    altered = sum(1 for text, _ in parsed_records(args.corpus) if utf8(text) != text)
+    meta = {
+        "part": "meta",
+        "command": " ".join(["python", "benchmarks/compare_peers.py", *sys.argv[1:]]),
+        "corpus": args.corpus.name,
+        "source_bytes": args.corpus.stat().st_size,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"{platform.system()}",
+        "versions": {s: version(s) for s in systems} | {"torch": version_of("torch")},
+        "rounds": args.rounds,
+        "docs_with_replacement_chars_for_peers": altered,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "compare_peers.jsonl", "w") as fh:
-        meta = {"part": "meta", "corpus": args.corpus.name, "machine": machine, "versions": versions,
-                "docs_with_replacement_chars_for_peers": altered}  # fmt: skip
         for row in [meta, *rows]:
             fh.write(json.dumps(row) + "\n")
-    text = table(rows, args.corpus.stat().st_size)
-    chart(rows, args.out / "compare_peers.png")
-    (args.out / "compare_peers.md").write_text(
-        f"`{' '.join(['python', 'benchmarks/compare_peers.py', *sys.argv[1:]])}` on `{args.corpus.name}`\n\n"
-        f"Machine: {machine}. Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}.\n\n{text}\n"
+    print(report(args.out))
+
+
+def report(out: Path) -> str:
+    """compare_peers.md and compare_peers.png from compare_peers.jsonl in `out`; the table."""
+    meta, *rows = [json.loads(line) for line in (out / "compare_peers.jsonl").read_text().splitlines()]
+    text = table(rows, meta["source_bytes"])
+    chart(rows, out / "compare_peers.png")
+    versions = ", ".join(f"{VERSION_NAMES.get(k, k)} {v}" for k, v in meta["versions"].items())
+    caches = [f"{r['system']} {r['read_cache_bytes'] / 1e6:.1f} MB" for r in rows if r.get("read_cache_bytes")]
+    (out / "compare_peers.md").write_text(
+        f"`{meta['command']}` on `{meta['corpus']}`\n\nMachine: {meta['machine']}. Versions: {versions}.\n\n"
+        f"{text}\n\nLoader columns: the median of {meta['rounds']} rounds, systems interleaved. "
+        + (f"Reading also wrote a cache of decompressed shards: {', '.join(caches)}. " if caches else "")
+        + f"{meta['docs_with_replacement_chars_for_peers']} documents reached the peers with U+FFFD in place of "
+        "lone surrogates (pilestore stores them exactly).\n"
     )
-    print(text)
+    return text
 
 
 def version_of(package: str) -> str:

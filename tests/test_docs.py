@@ -103,3 +103,19 @@ def test_the_guides_run_as_written_and_leave_what_they_promise(guide_outputs: tu
     texts = [d.text for d in store]
     assert [d.text for d in ray_store] == texts and [d.text for d in merged] == texts  # same order as local
     assert f"{len(store)} documents in merged.store" in out["09-scale-out.md"]
+
+
+def test_every_relative_link_in_the_docs_points_at_a_file_in_the_repository() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    checked = 0
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://", "#", "mailto:")):
+                continue
+            path = (page.parent / target.split("#")[0]).resolve()
+            assert path.exists(), f"{page.relative_to(ROOT)} links to {target}, which does not exist"
+            tracked = subprocess.run(["git", "ls-files", "--error-unmatch", str(path)], cwd=ROOT,
+                                     capture_output=True, check=False)  # fmt: skip
+            assert path.is_dir() or tracked.returncode == 0, f"{target} (linked from {page.name}) is not in git"
+            checked += 1
+    assert checked > 30

@@ -2,7 +2,8 @@
 
 ```bash blocks run in bash (-e, pipefail) with the venv's tools first on PATH; ```python blocks run as scripts;
 ```python file=NAME blocks are written to NAME for later blocks to run. `examples/` is reachable as from the
-repository root. After the run, the test checks what the guides promise left behind.
+repository root. After the run, the test checks what the guides promise left behind. That run takes ~3 minutes,
+so it carries the `guides` marker: `pytest -m guides` (CI runs it after the default run).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def test_every_guide_has_code_and_is_listed_in_the_guides_index() -> None:
             assert f"({path.name})" in index, f"{path.name} is not listed in docs/guides/README.md"
 
 
+@pytest.mark.guides
 def test_the_guides_run_as_written_and_leave_what_they_promise(guide_outputs: tuple[Path, dict[str, str]]) -> None:
     import torch
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_store import du, json_bytes  # noqa: E402  (benchmarks/ is the script's folder)
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("PILESTORE_SHARED", HERE.parents[1] / "shared"))
@@ -58,10 +59,6 @@ ACCESS, BATCH, BATCHES = 20_000, 8, 400
 
 def emit(**fields: Any) -> None:
     print("RESULT " + json.dumps(fields), flush=True)
-
-
-def du(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 def parsed_records(corpus: Path) -> Iterator[tuple[str, Any]]:
@@ -91,17 +88,6 @@ def source_records(corpus: Path) -> Iterator[dict[str, Any]]:
     """The corpus's documents as the peers receive them: text (lone surrogates replaced) and meta as JSON."""
     for text, meta in parsed_records(corpus):
         yield {"text": utf8(text), "meta": json.dumps(meta)}
-
-
-def json_bytes(corpus: Path) -> int:
-    import zstandard
-
-    total = 0
-    with open(corpus, "rb") as fh:
-        reader = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
-        while chunk := reader.read(1 << 24):
-            total += len(chunk)
-    return total
 
 
 def timed_access(get: Callable[[int], str], indices: np.ndarray, budget_s: float) -> dict[str, float]:
@@ -213,7 +199,34 @@ def import_streaming() -> Any:
     return streaming.base
 
 
-class MDSDocs(Docs):
+class StreamingDocs(Docs):
+    """A peer read through its StreamingDataset, which keeps decompressed data in a local cache folder."""
+
+    cache_name = ""
+
+    def _dataset(self, out: Path, shuffle: bool) -> Any:
+        raise NotImplementedError
+
+    def open(self, out: Path) -> int:
+        self.cache = out.parent / self.cache_name
+        shutil.rmtree(self.cache, ignore_errors=True)
+        self.ds = self._dataset(out, shuffle=False)
+        return len(self.ds)
+
+    def get(self, i: int) -> str:
+        return self.ds[i]["text"]
+
+    def shuffled_pass(self, out: Path, n: int) -> int:
+        del self.ds  # MDS: one StreamingDataset per local folder at a time; the pass reuses the warm cache
+        return sum(1 for _ in self._dataset(out, shuffle=True))
+
+    def read_cache_bytes(self) -> int:
+        return du(self.cache) if self.cache.exists() else 0
+
+
+class MDSDocs(StreamingDocs):
+    cache_name = "mds_cache"  # where MDS keeps the shards it decompressed for reading
+
     def build(self, corpus: Path, out: Path) -> None:
         base = import_streaming()
         columns = {"text": "str", "meta": "str"}
@@ -228,28 +241,14 @@ class MDSDocs(Docs):
             remote=str(out), local=str(self.cache), shuffle=shuffle, shuffle_seed=1, batch_size=1
         )
 
-    def open(self, out: Path) -> int:
-        self.cache = out.parent / "mds_cache"  # where MDS keeps the shards it decompressed for reading
-        shutil.rmtree(self.cache, ignore_errors=True)
-        self.ds = self._dataset(out, shuffle=False)
-        return len(self.ds)
-
-    def get(self, i: int) -> str:
-        return self.ds[i]["text"]
-
-    def shuffled_pass(self, out: Path, n: int) -> int:
-        del self.ds  # one StreamingDataset per local folder at a time; the pass reuses the warm cache
-        return sum(1 for _ in self._dataset(out, shuffle=True))
-
-    def read_cache_bytes(self) -> int:
-        return du(self.cache)
-
 
 def _litdata_docs(corpus: str) -> Iterator[dict[str, Any]]:
     yield from source_records(Path(corpus))
 
 
-class LitDocs(Docs):
+class LitDocs(StreamingDocs):
+    cache_name = "lit_cache"
+
     def build(self, corpus: Path, out: Path) -> None:
         import litdata
 
@@ -262,21 +261,6 @@ class LitDocs(Docs):
         import litdata
 
         return litdata.StreamingDataset(str(out), cache_dir=str(self.cache), shuffle=shuffle, seed=1)
-
-    def open(self, out: Path) -> int:
-        self.cache = out.parent / "lit_cache"
-        shutil.rmtree(self.cache, ignore_errors=True)
-        self.ds = self._dataset(out, shuffle=False)
-        return len(self.ds)
-
-    def get(self, i: int) -> str:
-        return self.ds[i]["text"]
-
-    def shuffled_pass(self, out: Path, n: int) -> int:
-        return sum(1 for _ in self._dataset(out, shuffle=True))
-
-    def read_cache_bytes(self) -> int:
-        return du(self.cache) if self.cache.exists() else 0
 
 
 class MemmapDocs(Docs):
@@ -509,7 +493,7 @@ def table(rows: list[dict[str, Any]], source_bytes: int) -> str:
         "| loader 1 worker samples/s | 2 workers | tokens on disk MB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for system in SYSTEMS:
+    for system in [s for s in SYSTEMS if any(r["system"] == s for r in rows)]:  # those run, in a fixed order
         d, one, two = docs.get(system, {}), loads.get((system, 1), {}), loads.get((system, 2), {})
         failed = sorted({r["error"] for r in rows if r["system"] == system and "error" in r})
         tokens = one.get("token_bytes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -182,8 +183,13 @@ def test_index_files_of_different_builds_are_refused_together(view: TokenView, s
     samples_file.write_bytes(old_samples)
     with pytest.raises(pilestore.PilestoreError, match="different builds"):
         SampleIndex(view, shape.name, wait=0.3)
+
     # a rebuild that completes while a reader waits: the reader opens the finished build
-    threading.Timer(0.5, samples_file.write_bytes, (new_samples,)).start()
+    def finish_rebuild() -> None:  # as write_index does: a whole file renamed into place, never a partial one
+        samples_file.with_suffix(".tmp").write_bytes(new_samples)
+        os.replace(samples_file.with_suffix(".tmp"), samples_file)
+
+    threading.Timer(0.5, finish_rebuild).start()
     started = time.monotonic()
     assert len(SampleIndex(view, shape.name, wait=10)) == len(new) and time.monotonic() - started >= 0.4
     with pytest.raises(pilestore.PilestoreError, match="rebuilt since"):  # a pinned build (a dataset's workers)

@@ -51,8 +51,8 @@ from bench_store import du, json_bytes  # noqa: E402  (benchmarks/ is the script
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("PILESTORE_SHARED", HERE.parents[1] / "shared"))
 SYSTEMS = ["pilestore", "datasets", "mds", "litdata", "memmap"]
-PEER_PACKAGES = {"datasets": "datasets", "mds": "mosaicml-streaming", "litdata": "litdata", "memmap": "numpy"}
-VERSION_NAMES = {"mds": "mosaicml-streaming", "memmap": "numpy"}  # as versions are listed
+PACKAGES = {"pilestore": "pilestore", "datasets": "datasets", "mds": "mosaicml-streaming", "litdata": "litdata",
+            "memmap": "numpy"}  # fmt: skip
 SEQ_LEN, BLOCK = 2048, 2049
 ACCESS, BATCH, BATCHES = 20_000, 8, 400
 
@@ -411,8 +411,7 @@ def run_loader(system: str, store_dir: Path, work: Path) -> None:
     out = work / f"{system}.tokens"
     shutil.rmtree(out, ignore_errors=True)
     samples = (BATCHES + 1) * BATCH
-    shuffle: bool | None = True
-    collate = None
+    options: dict[str, Any] = {"shuffle": True}  # the peers' streaming datasets shuffle and shard by themselves
     if system == "pilestore":
         import pilestore
         from pilestore.torch import PileDataset, PileSampler
@@ -420,36 +419,27 @@ def run_loader(system: str, store_dir: Path, work: Path) -> None:
 
         ds: Any = PileDataset(pilestore.open(store_dir), "train", seq_len=SEQ_LEN, context=512)
         order = [i for _ in range(-(-samples // len(ds))) for i in PileSampler(ds, num_replicas=1, rank=0, seed=1)]
-        shuffle, collate, size = order[:samples], pile_collate, du(ds._view.folder)
+        options, size = {"sampler": order[:samples], "collate_fn": pile_collate}, du(ds._view.folder)
     else:
         blocks = token_blocks(store_dir)
         if system == "datasets":
             ds = HFTokens(blocks, out)
         elif system == "mds":
-            ds, shuffle = mds_tokens(blocks, out), None  # StreamingDataset shuffles and shards by itself
+            ds, options = mds_tokens(blocks, out), {}
         elif system == "litdata":
-            ds, shuffle = lit_tokens(blocks, out), None
+            ds, options = lit_tokens(blocks, out), {}
         else:
             out.mkdir(parents=True)
             blocks.reshape(-1).tofile(out / "tokens.bin")
             ds = MemmapWindows(out / "tokens.bin", blocks.dtype.name, samples)
         size = du(out)
     for workers in (1, 2):
-        kwargs: dict[str, Any] = {"batch_size": BATCH, "num_workers": workers, "collate_fn": collate}
-        if isinstance(shuffle, list):
-            kwargs["sampler"] = shuffle
-        elif shuffle:
-            kwargs["shuffle"] = True
-        samples_s, _ = rate(Epochs(DataLoader(ds, **kwargs)), BATCHES)
+        samples_s, _ = rate(Epochs(DataLoader(ds, batch_size=BATCH, num_workers=workers, **options)), BATCHES)
         emit(part="loader", system=system, workers=workers, samples=BATCHES * BATCH,
              samples_s=round(samples_s), tokens_s=round(samples_s * SEQ_LEN), token_bytes=size)  # fmt: skip
 
 
 # --- the driver ---------------------------------------------------------------------------------------------------
-
-
-def version(system: str) -> str:
-    return version_of(PEER_PACKAGES.get(system, "pilestore"))
 
 
 def run_child(system: str, part: str, corpus: Path, work: Path, store_dir: Path | None) -> list[dict[str, Any]]:
@@ -526,6 +516,11 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     for ax, (title, values) in zip(axes, panels, strict=True):
         names = [s for s in SYSTEMS if s in values]
+        if not names:  # a part that was not run (--parts) or failed for every system
+            ax.set_title(title, fontsize=10)
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
         bars = ax.bar(names, [values[s] for s in names], color=["#d62728" if s == "pilestore" else "#7f7f7f"
                                                                 for s in names])  # fmt: skip
         ax.bar_label(bars, fmt=lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.1f}", fontsize=8)
@@ -559,6 +554,8 @@ def main() -> None:
     if args.report_only:
         print(report(args.out))
         return
+    if not args.corpus.is_file():
+        parser.error(f"--corpus {args.corpus}: no such file (a Pile-format .jsonl.zst)")
 
     import tempfile
 
@@ -587,7 +584,7 @@ def main() -> None:
         "source_bytes": args.corpus.stat().st_size,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"{platform.system()}",
-        "versions": {s: version(s) for s in systems} | {"torch": version_of("torch")},
+        "versions": {PACKAGES[s]: version_of(PACKAGES[s]) for s in systems} | {"torch": version_of("torch")},
         "rounds": args.rounds,
         "docs_with_replacement_chars_for_peers": altered,
     }
@@ -600,10 +597,13 @@ def main() -> None:
 
 def report(out: Path) -> str:
     """compare_peers.md and compare_peers.png from compare_peers.jsonl in `out`; the table."""
-    meta, *rows = [json.loads(line) for line in (out / "compare_peers.jsonl").read_text().splitlines()]
+    raw = out / "compare_peers.jsonl"
+    if not raw.is_file():
+        raise SystemExit(f"{raw}: no results here to report; run compare_peers.py with --out {out} first")
+    meta, *rows = [json.loads(line) for line in raw.read_text().splitlines()]
     text = table(rows, meta["source_bytes"])
     chart(rows, out / "compare_peers.png")
-    versions = ", ".join(f"{VERSION_NAMES.get(k, k)} {v}" for k, v in meta["versions"].items())
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     caches = [f"{r['system']} {r['read_cache_bytes'] / 1e6:.1f} MB" for r in rows if r.get("read_cache_bytes")]
     (out / "compare_peers.md").write_text(
         f"`{meta['command']}` on `{meta['corpus']}`\n\nMachine: {meta['machine']}. Versions: {versions}.\n\n"

@@ -27,6 +27,9 @@ def test_compare_peers_reports_every_system_it_was_asked_for(tmp_path: Path, mak
 
     refused = compare("pilestore,nosuch")
     assert refused.returncode == 2 and "unknown system nosuch" in refused.stderr
+    missing = subprocess.run([sys.executable, str(SCRIPT), "--corpus", str(tmp_path / "none.jsonl.zst")],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    assert missing.returncode == 2 and "none.jsonl.zst: no such file" in missing.stderr
     result = compare("pilestore,memmap")
     assert result.returncode == 0, result.stderr[-3000:]
     meta, *rows = [json.loads(line) for line in (out / "compare_peers.jsonl").read_text().splitlines()]
@@ -40,3 +43,16 @@ def test_compare_peers_reports_every_system_it_was_asked_for(tmp_path: Path, mak
     assert "**failed**: `FileExistsError" in table.split("| memmap |")[1].splitlines()[0]
     assert f"| pilestore | {ours['build_s']:.1f} | {ours['build_mb_s']:.1f} | {ours['bytes'] / 1e6:.1f} |" in table
     assert (out / "compare_peers.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_chart_of_a_loader_only_run_marks_the_parts_not_measured(tmp_path: Path) -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import compare_peers
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    rows = [{"part": "loader", "system": s, "workers": w, "samples_s": 100 * w, "token_bytes": 1}
+            for s in ("pilestore", "memmap") for w in (1, 2)]  # fmt: skip
+    compare_peers.chart(rows, tmp_path / "c.png")  # no docs rows: the log-scaled access panel has no values
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| pilestore | – |" in compare_peers.table(rows, 1_000_000)

@@ -3,11 +3,15 @@
   python benchmarks/bench_torch.py                         # all parts; ~5 minutes and ~16 GB of disk
   python benchmarks/bench_torch.py --parts loader --work W  # reuse a store prepared in W by an earlier run
 
-in_process   ds[i] per second in one process, next to the same number of np.memmap windows read in a plain loop
+in_process   ds[i] per second in one process, next to the same number of np.memmap windows read in a plain loop;
+             and batches of --batch read at once (ds.__getitems__, what a DataLoader calls), next to the same
+             batches of memmap windows stacked into one array
 loader       samples/s and tokens/s at seq_len 2048, shuffled, from a DataLoader with 1 worker (and 2), over the
              sample corpus tokenized with a 32k BPE: PileDataset + PileSampler + collate, next to the same
              DataLoader reading the same number of 2049-token windows at random offsets of a plain np.memmap of
-             the same token file (the nanoGPT / Megatron way). With CUDA: also batches copied to the GPU.
+             the same token file (the nanoGPT / Megatron way), item by item and a batch at a time; and
+             pilestore item by item (without __getitems__, as before it had one). With CUDA: also batches
+             copied to the GPU.
 memory       resident memory of a DataLoader worker after 20k random samples, for a 10M- and a 100M-sample
              index (synthetic: one long document, the real index format, sparse token files)
              and, in a fresh process, the time to open PileDataset and ds[i] latency at each size
@@ -76,6 +80,41 @@ class MemmapWindows:
         return {"input_ids": x[:-1], "labels": x[1:]}
 
 
+class MemmapBatches(MemmapWindows):
+    """The baseline read a batch at a time (DataLoader calls __getitems__): windows stacked into one int64
+    buffer (in shared memory in a worker), as PileDataset.__getitems__ does; `passthrough` collates it."""
+
+    def __getitems__(self, indices: list[int]) -> dict:
+        import torch
+
+        if self.tokens is None:
+            self.tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
+        buffer = torch.empty(len(indices), SEQ_LEN + 1, dtype=torch.int64)
+        if torch.utils.data.get_worker_info() is not None:
+            buffer.share_memory_()
+        out = buffer.numpy()
+        for k, i in enumerate(indices):
+            out[k] = self.tokens[self.offsets[i] : self.offsets[i] + SEQ_LEN + 1]
+        return {"input_ids": buffer[:, :-1], "labels": buffer[:, 1:]}
+
+
+def passthrough(batch: dict) -> dict:
+    return batch
+
+
+class PerItem:
+    """A dataset seen through __getitem__ only (no __getitems__): how DataLoader read PileDataset before."""
+
+    def __init__(self, ds) -> None:  # noqa: ANN001
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.ds[i]
+
+
 def rate(loader, batches: int, device: str | None = None) -> tuple[float, int]:  # noqa: ANN001
     """Samples per second over `batches` batches after the first; and target tokens seen."""
     it = iter(loader)
@@ -120,7 +159,14 @@ def _unchecked_rate(ds, order: list[int]) -> float:  # noqa: ANN001
         samples._record_ok, tokens.PartitionTokens.read = record_ok, read
 
 
-def bench_loader(store_dir: Path, batch: int, batches: int) -> None:
+def _batched_rate(read, order: list[int], batch: int) -> float:  # noqa: ANN001
+    started = time.perf_counter()
+    for k in range(0, len(order), batch):
+        read(order[k : k + batch])
+    return len(order) / (time.perf_counter() - started)
+
+
+def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None:
     import torch
     from torch.utils.data import DataLoader
 
@@ -132,16 +178,19 @@ def bench_loader(store_dir: Path, batch: int, batches: int) -> None:
     part = ds._view.folder / "p00000.tokens"
     n = batches * batch
     order = np.random.default_rng(2).integers(0, len(ds), n).tolist()
-    windows = MemmapWindows(part, ds._view.dtype.name, n)
+    windows = MemmapBatches(part, ds._view.dtype.name, n)
     started = time.perf_counter()
     for i in range(n):
         windows[i]
     loop_rate = n / (time.perf_counter() - started)
+    memmap_batched = max(_batched_rate(windows.__getitems__, list(range(n)), batch) for _ in range(2))
     for i in order:  # untimed: the same pages faulted in for every timed pass below
         ds[i]
     item_rate = _rate(ds, order)
     unchecked_rate = _unchecked_rate(ds, order)
     item_rate = max(item_rate, _rate(ds, order))  # checked before and after unchecked: order does not favour one
+    ds.__getitems__(order[:batch])  # untimed: numba loads its compiled kernel on the first batch
+    batched_rate = max(_batched_rate(ds.__getitems__, order, batch) for _ in range(2))
     emit(
         "in_process",
         samples=n,
@@ -151,6 +200,12 @@ def bench_loader(store_dir: Path, batch: int, batches: int) -> None:
         pilestore_tokens_per_s=round(item_rate * SEQ_LEN),
         without_read_checks_items_per_s=round(unchecked_rate),
         read_checks_cost=round(1 - item_rate / unchecked_rate, 3),
+        batch=batch,
+        pilestore_batched_samples_per_s=round(batched_rate),
+        memmap_batched_windows_per_s=round(memmap_batched),
+        batched_ratio_to_memmap_loop=round(batched_rate / loop_rate, 3),
+        batched_ratio_to_memmap_batched=round(batched_rate / memmap_batched, 3),
+        pilestore_batched_tokens_per_s=round(batched_rate * SEQ_LEN),
     )
     devices = [None] + (["cuda"] if torch.cuda.is_available() else [])
     for workers in (1, 2):
@@ -159,24 +214,39 @@ def bench_loader(store_dir: Path, batch: int, batches: int) -> None:
             n = (batches + 1) * batch
             sampler = PileSampler(ds, num_replicas=1, rank=0, seed=1)
             repeat = [i for _ in range(-(-n // len(ds))) for i in sampler][:n]  # epochs of the shuffled order
-            ours = DataLoader(
-                ds, batch_size=batch, sampler=repeat, num_workers=workers, collate_fn=collate, pin_memory=pin
-            )
-            base = DataLoader(MemmapWindows(part, ds._view.dtype.name, n), batch_size=batch, shuffle=False,
-                              num_workers=workers, pin_memory=pin)  # fmt: skip
-            base_rate, _ = rate(base, batches, device)
-            our_rate, targets = rate(ours, batches, device)
+            common = {"batch_size": batch, "num_workers": workers, "pin_memory": pin}
+            loaders = {  # (dataset, sampler, collate_fn): interleaved over rounds, the median kept (single runs
+                # swing 2x on a shared VM)
+                "pilestore": (ds, repeat, collate),
+                "pilestore_per_item": (PerItem(ds), repeat, collate),
+                "memmap": (MemmapWindows(part, ds._view.dtype.name, n), None, None),
+                "memmap_batched": (MemmapBatches(part, ds._view.dtype.name, n), None, passthrough),
+            }
+            runs: dict[str, list[float]] = {name: [] for name in loaders}
+            targets = 0
+            for _ in range(rounds):
+                for name, (dataset, order_, collate_fn) in loaders.items():
+                    loader = DataLoader(dataset, sampler=order_, collate_fn=collate_fn, **common)
+                    got, seen = rate(loader, batches, device)
+                    runs[name].append(got)
+                    targets = seen if name == "pilestore" else targets
+            median = {name: float(np.median(values)) for name, values in runs.items()}
             emit(
                 "loader",
                 workers=workers,
                 device=device or "cpu",
                 batch=batch,
                 samples=batches * batch,
-                pilestore_samples_per_s=round(our_rate),
-                memmap_samples_per_s=round(base_rate),
-                ratio=round(our_rate / base_rate, 3),
-                pilestore_tokens_per_s=round(our_rate * SEQ_LEN),
+                rounds=rounds,
+                pilestore_samples_per_s=round(median["pilestore"]),
+                pilestore_per_item_samples_per_s=round(median["pilestore_per_item"]),
+                memmap_samples_per_s=round(median["memmap"]),
+                memmap_batched_samples_per_s=round(median["memmap_batched"]),
+                ratio=round(median["pilestore"] / median["memmap"], 3),
+                ratio_to_batched=round(median["pilestore"] / median["memmap_batched"], 3),
+                pilestore_tokens_per_s=round(median["pilestore"] * SEQ_LEN),
                 target_fraction=round(targets / (batches * batch * SEQ_LEN), 4),
+                all_runs={name: [round(v) for v in values] for name, values in runs.items()},
             )
 
 
@@ -373,6 +443,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=32000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batches", type=int, default=600)
+    parser.add_argument("--rounds", type=int, default=3, help="loader runs per system (interleaved; median kept)")
     parser.add_argument("--sizes", default="10000000,100000000", help="sample counts of the synthetic indexes")
     parser.add_argument("--memory-samples", type=int, default=20_000)
     args = parser.parse_args()
@@ -381,7 +452,7 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         if "loader" in parts:
-            bench_loader(prepare(work, args.corpus, args.vocab_size), args.batch, args.batches)
+            bench_loader(prepare(work, args.corpus, args.vocab_size), args.batch, args.batches, args.rounds)
         sizes = [int(s) for s in args.sizes.split(",")]
         for n in sizes if parts & {"memory", "first_batch"} else []:
             started = time.perf_counter()

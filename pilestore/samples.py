@@ -25,8 +25,10 @@ This module reads indexes (numpy and pyarrow only); windows.py builds them with 
 from __future__ import annotations
 
 import bisect
+import math
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from .index import map_columns
 from .manifest import read_sealed, write_sealed
 from .shards import file_sha256
 from .splits import split_suffix
-from .tokens import TokenView
+from .tokens import BLOCK, TokenView
 
 _ARANGE = np.arange(1 << 16, dtype=np.int64)
 # Read-optimised copies of the fields a look-up needs, one record per sample and per span (spans in sample
@@ -61,6 +63,11 @@ _SAMPLE_MULT = _MULTIPLIERS[:_SAMPLE_WORDS]
 _SPAN_MULT = _MULTIPLIERS[_SAMPLE_WORDS:]
 _MAX_SPANS_TILED = 1 << 12
 _SPAN_MULT_TILED = np.tile(_SPAN_MULT, _MAX_SPANS_TILED)
+# A batch as pilestore.torch.collate and SampleIndex.gather lay it out: every field a view of one int64 buffer,
+# in this order (one buffer: a batch crosses from a DataLoader worker as one shared-memory segment).
+FIXED = ("input_ids", "labels", "position_ids")  # [B, seq_len] each
+SCALARS = ("n_bytes", "sample")  # [B]
+RAGGED = ("doc_lengths", "span_bytes", "subset")  # concatenated, then <key>_offsets [B + 1]
 GENERATION_KEY = "pilestore.generation"  # in both Arrow files' schema metadata and the .json: they belong together
 IGNORE = -100  # label of a position that is not predicted (PyTorch cross_entropy's ignore_index)
 SAMPLES_DIR = "samples"
@@ -160,6 +167,30 @@ def _generation(tables: dict[str, Any]) -> str:
                     if buffer is not None:
                         hasher.update(memoryview(buffer))
     return hasher.hexdigest()
+
+
+def batch_layout(b: int, seq_len: int, ragged: Mapping[str, int]) -> tuple[int, dict[str, tuple[int, tuple[int, ...]]]]:
+    """A batch of b samples in one int64 buffer: its size and, per field, (offset, shape).
+
+    ragged: the total length of each RAGGED field over the batch."""
+    layout: dict[str, tuple[int, tuple[int, ...]]] = {}
+    at = 0
+    for key in FIXED:
+        layout[key] = (at, (b, seq_len))
+        at += b * seq_len
+    for key in SCALARS:
+        layout[key] = (at, (b,))
+        at += b
+    for key in RAGGED:
+        layout[key] = (at, (ragged[key],))
+        layout[f"{key}_offsets"] = (at + ragged[key], (b + 1,))
+        at += ragged[key] + b + 1
+    return at, layout
+
+
+def carve(buffer: Any, layout: Mapping[str, tuple[int, tuple[int, ...]]]) -> dict[str, Any]:
+    """The fields of a batch_layout as views of `buffer` (a numpy array or a torch tensor)."""
+    return {key: buffer[at : at + math.prod(shape)].reshape(shape) for key, (at, shape) in layout.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,10 +431,7 @@ class SampleIndex:
         first, count = int(record["span_begin"]), int(record["n_spans"])
         words = self._span_words[first * _SPAN_WORDS : (first + count) * _SPAN_WORDS]
         if not _record_ok(int(record["check"]), self._sample_words[i, :_SAMPLE_WORDS], words, count):
-            raise PilestoreError(
-                f"{self._where}: sample {i}'s records do not match their checksum: the index is damaged; "
-                "rebuild it with `pilestore index` (`pilestore verify` lists what else is damaged)"
-            )
+            self._damaged(i)
         spans = [
             {"doc": d, "eod": e, "start": s, "offset": o, "context": c, "target": t, "n_bytes": b, "subset": u}
             for d, s, o, b, c, t, u, e, _ in self._span_records[first : first + count].tolist()
@@ -429,3 +457,91 @@ class SampleIndex:
         if at < size:
             lengths.append(size - at)
         return Sample(x[:-1], labels, positions[:-1], np.asarray(lengths, np.int64), spans, int(record["n_bytes"]))
+
+    def gather(self, ids: Any, alloc: Callable[[int], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Samples `ids` as one batch: the fields of pilestore.torch.collate([ds[i] for i in ids]), built for
+        the whole batch at once (vectorised, tokens laid out by a numba kernel) and checked as __getitem__
+        checks a sample. alloc(n) gives the batch's int64 buffer of n items (default: np.empty)."""
+        from .batches import fill_padding
+
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if len(ids) and (ids.min() < -n or ids.max() >= n):
+            raise IndexError(f"samples out of range for {n} samples")
+        ids = ids % max(n, 1)
+        b, size = len(ids), self.seq_len + 1
+        records = self._sample_records[ids]
+        first, count = records["span_begin"], records["n_spans"].astype(np.int64)
+        bad = (first < 0) | (count < 0) | (count > size) | (first + count > len(self._span_records))
+        if bad.any():
+            self._damaged(int(ids[np.argmax(bad)]))
+        ends = np.cumsum(count)
+        begins = ends - count
+        total = int(ends[-1]) if b else 0
+        row = np.repeat(np.arange(b), count)
+        spans = self._span_records[np.arange(total) + np.repeat(first - begins, count)]
+        with np.errstate(over="ignore"):
+            words = spans.view(np.uint64).reshape(total, _SPAN_WORDS)
+            per_span = (words * _SPAN_MULT).sum(axis=1, dtype=np.uint64)
+            summed = np.concatenate((np.zeros(1, np.uint64), np.cumsum(per_span, dtype=np.uint64)))
+            checks = (self._sample_words[ids, :_SAMPLE_WORDS] * _SAMPLE_MULT).sum(axis=1, dtype=np.uint64)
+            checks += summed[ends] - summed[begins]
+        if (checks != records["check"]).any():
+            self._damaged(int(ids[np.argmax(checks != records["check"])]))
+        eod = spans["eod"].astype(np.int64)
+        context, target = spans["context"].astype(np.int64), spans["target"].astype(np.int64)
+        lengths = eod + context + target
+        cumulative = np.concatenate(([0], np.cumsum(lengths)))
+        used = cumulative[ends] - cumulative[begins]
+        negative = (eod < 0) | (context < 0) | (target < 0)
+        if (used > size).any() or negative.any():  # only a faulty build gets here (records are checked)
+            self._damaged(int(ids[np.argmax(used > size)] if (used > size).any() else ids[row[np.argmax(negative)]]))
+        padded = used < size
+        ragged = {"doc_lengths": total + int(padded.sum()), "span_bytes": total, "subset": total}
+        buffer_size, layout = batch_layout(b, self.seq_len, ragged)
+        out = carve(alloc(buffer_size) if alloc is not None else np.empty(buffer_size, np.int64), layout)
+        self._copy_tokens(spans, row, cumulative[:-1] - np.repeat(cumulative[begins], count), out)  # slots
+        fill_padding(used, IGNORE, out)  # padding id 0 ([PAD] in the Pile configuration)
+        out["n_bytes"][:] = records["n_bytes"]
+        out["sample"][:] = ids
+        offsets = np.concatenate(([0], np.cumsum(count + padded)))
+        out["doc_lengths"][np.arange(total) + np.repeat(offsets[:-1] - begins, count)] = lengths
+        out["doc_lengths"][(offsets[1:] - 1)[padded]] = (size - used)[padded]
+        out["doc_lengths_offsets"][:] = offsets
+        out["span_bytes"][:] = spans["n_bytes"]
+        out["subset"][:] = spans["subset"]
+        out["span_bytes_offsets"][:] = out["subset_offsets"][:] = np.concatenate(([0], ends))
+        return out
+
+    def _copy_tokens(self, spans: np.ndarray, row: np.ndarray, at: np.ndarray, out: dict[str, np.ndarray]) -> None:
+        """Lay span k out at slot at[k] of sample row[k] (batches.fill_spans), after checking that its tokens lie
+        in their partition's file and that the blocks they lie in match their checksums."""
+        from .batches import fill_spans
+
+        if self._doc_first is None:
+            self._locate(0)
+        assert self._doc_first is not None
+        part = np.searchsorted(self._doc_first, spans["doc"], side="right") - 1
+        eod = spans["eod"].astype(np.int64)
+        context, target = spans["context"].astype(np.int64), spans["target"].astype(np.int64)
+        length, source = context + target, spans["offset"]
+        for p in np.unique(part).tolist():
+            tokens = self.view.partition(p)
+            mine = part == p
+            begin, count = source[mine], length[mine]
+            for k in np.flatnonzero((begin < 0) | (begin + count > len(tokens.tokens)))[:1].tolist():
+                tokens.check_range(int(begin[k]), int(begin[k] + count[k]))
+            width = tokens.tokens.itemsize
+            some = count > 0
+            first_block = begin[some] * width // BLOCK
+            spread = ((begin[some] + count[some]) * width - 1) // BLOCK - first_block + 1
+            blocks = np.arange(int(spread.sum())) + np.repeat(first_block - (np.cumsum(spread) - spread), spread)
+            tokens.check_blocks(np.unique(blocks).tolist())
+            fill_spans(tokens.tokens, row[mine], at[mine], eod[mine], context[mine], target[mine], begin,
+                       self.view.eod_id, IGNORE, out)  # fmt: skip
+
+    def _damaged(self, i: int) -> None:
+        raise PilestoreError(
+            f"{self._where}: sample {i}'s records do not match their checksum: the index is damaged; "
+            "rebuild it with `pilestore index` (`pilestore verify` lists what else is damaged)"
+        )

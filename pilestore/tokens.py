@@ -20,7 +20,7 @@ import hashlib
 import mmap
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,13 +116,23 @@ class PartitionTokens:
 
     def read(self, begin: int, end: int) -> np.ndarray:
         """tokens[begin:end] after checking the checksums of the blocks they lie in."""
+        self.check_range(begin, end)
+        size = self.tokens.itemsize
+        self.check_blocks(range(begin * size // BLOCK, (end * size - 1) // BLOCK + 1))
+        return self.tokens[begin:end]
+
+    def check_range(self, begin: int, end: int) -> None:
+        """A clear error if tokens begin..end are not all in the file."""
         if not 0 <= begin <= end <= len(self.tokens):
             raise TokenDamageError(
                 f"{self.path}: tokens {begin}..{end} lie outside the file's {len(self.tokens)} tokens; the sample "
                 "index does not belong to this view: rebuild it with `pilestore index`"
             )
-        size, raw, sums = self.tokens.itemsize, self.raw, self.sums
-        for block in range(begin * size // BLOCK, (end * size - 1) // BLOCK + 1):
+
+    def check_blocks(self, blocks: Iterable[int]) -> None:
+        """A clear error unless each of these BLOCK-byte blocks of the token file matches its checksum."""
+        raw, sums = self.raw, self.sums
+        for block in blocks:
             at = block * BLOCK
             if block >= len(sums) or _xxh3_64(raw[at : at + BLOCK]) != sums[block]:
                 raise TokenDamageError(
@@ -130,7 +140,6 @@ class PartitionTokens:
                     f"{self.path.with_suffix('.sums')}: the file is damaged; `pilestore verify` lists what else "
                     f"is, then delete {self.path.parent} and run `pilestore tokenize` again"
                 )
-        return self.tokens[begin:end]
 
 
 def _write_partition(

@@ -29,6 +29,7 @@ from torch.utils.data import Sampler
 
 from .errors import PilestoreError
 from .sampler import EpochOrder, merge_ranges
+from .samples import FIXED, RAGGED, SCALARS, batch_layout, carve
 
 CHUNK = 8192  # positions turned into sample indices at a time
 
@@ -281,51 +282,75 @@ class PileDataset(torch.utils.data.Dataset):
             "sample": torch.tensor(sample_id, dtype=torch.int64),
         }
 
+    def __getitems__(self, positions: Sequence[int]) -> Batch:
+        """Samples at `positions` read as one batch (what a DataLoader with a batch size calls): the same
+        fields as ds[i], built for the whole batch at once and already collated."""
+        holder: list[torch.Tensor] = []
 
-FIXED = ("input_ids", "labels", "position_ids")  # [B, seq_len] each
-SCALARS = ("n_bytes", "sample")  # [B]
-RAGGED = ("doc_lengths", "span_bytes", "subset")  # concatenated, with <key>_offsets [B + 1]
+        def alloc(size: int) -> np.ndarray:
+            holder.append(_new_buffer(size))
+            return holder[0].numpy()
+
+        arrays = self.index.gather(self.sample_ids(positions), alloc)
+        base = holder[0].data_ptr()  # the arrays are views of holder[0]: the same views of it as tensors
+        return Batch(carve(holder[0], {key: ((a.ctypes.data - base) // 8, a.shape) for key, a in arrays.items()}))
 
 
-def collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def _new_buffer(size: int) -> torch.Tensor:
+    """An int64 buffer for a batch: in shared memory inside a DataLoader worker (as default_collate does), so
+    the batch crosses to the trainer as one segment and one file descriptor, not one per field."""
+    if torch.utils.data.get_worker_info() is not None:
+        storage = torch.empty(0, dtype=torch.int64)._typed_storage()._new_shared(size)
+        return torch.empty(0, dtype=torch.int64).new(storage)
+    return torch.empty(size, dtype=torch.int64)
+
+
+def collate(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack fixed-length fields; concatenate per-span fields with `*_offsets` saying where each sample's begin.
 
-    Every field is a view of one int64 buffer, in shared memory inside a DataLoader worker: a batch crosses to
-    the trainer as one shared-memory segment and one file descriptor, not one per field (2,061 -> 4,808
-    samples/s with one worker, benchmarks/bench_torch.py)."""
+    Every field is a view of one int64 buffer (pilestore.samples.batch_layout), in shared memory inside a
+    DataLoader worker (2,061 -> 4,808 samples/s with one worker, benchmarks/bench_torch.py). A Batch (what
+    PileDataset.__getitems__ gives a DataLoader) is already collated and is returned as it is."""
+    if isinstance(batch, Batch):
+        return batch.collated
     b = len(batch)
     t = len(batch[0]["input_ids"]) if b else 0
     lengths = {key: [len(item[key]) for item in batch] for key in RAGGED}
-    sizes = [b * t] * len(FIXED) + [b] * len(SCALARS)
-    sizes += [sum(lengths[key]) + b + 1 for key in RAGGED]
-    if torch.utils.data.get_worker_info() is not None:  # allocated in shared memory, as default_collate does
-        storage = torch.empty(0, dtype=torch.int64)._typed_storage()._new_shared(sum(sizes))
-        buffer = torch.empty(0, dtype=torch.int64).new(storage)
-    else:
-        buffer = torch.empty(sum(sizes), dtype=torch.int64)
-    out: dict[str, torch.Tensor] = {}
-    at = 0
-    for key in FIXED:
-        out[key] = buffer[at : at + b * t].view(b, t)
+    size, layout = batch_layout(b, t, {key: sum(lengths[key]) for key in RAGGED})
+    out = carve(_new_buffer(size), layout)
+    for key in (*FIXED, *SCALARS):
         torch.stack([item[key] for item in batch], out=out[key])
-        at += b * t
-    for key in SCALARS:
-        out[key] = buffer[at : at + b]
-        torch.stack([item[key] for item in batch], out=out[key])
-        at += b
     for key in RAGGED:
-        total = sum(lengths[key])
-        out[key] = buffer[at : at + total]
         torch.cat([item[key] for item in batch], out=out[key])
-        out[f"{key}_offsets"] = buffer[at + total : at + total + b + 1]
         out[f"{key}_offsets"].copy_(torch.from_numpy(np.cumsum([0, *lengths[key]], dtype=np.int64)))
-        at += total + b + 1
     return out
+
+
+class Batch(Sequence[dict[str, torch.Tensor]]):
+    """Samples read together (PileDataset.__getitems__): `collated` holds them as collate lays a batch out;
+    batch[k] is sample k as ds[i] gives it (views), so any collate_fn, default_collate too, still works."""
+
+    def __init__(self, collated: dict[str, torch.Tensor]) -> None:
+        self.collated = collated
+
+    def __len__(self) -> int:
+        return len(self.collated["sample"])
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"sample {k} out of range for a batch of {len(self)}")
+        k %= len(self)
+        item = {key: self.collated[key][k] for key in (*FIXED, *SCALARS)}
+        for key in RAGGED:
+            begin, end = self.collated[f"{key}_offsets"][k : k + 2].tolist()
+            item[key] = self.collated[key][begin:end]
+        return item
 
 
 from .evaluation import eval_loaders, evaluate, reduce_metrics, span_losses  # noqa: E402  (they use PileDataset)
 
 __all__ = [
+    "Batch",
     "PileDataset",
     "PileSampler",
     "SamplerStateError",

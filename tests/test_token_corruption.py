@@ -23,9 +23,17 @@ TRIALS = 250
 SHAPE = (128, 32, "bestfit")
 
 
-def _digest(index: SampleIndex) -> list[int]:
-    """One hash per sample of everything a reader gets: ids, labels, positions, lengths, spans, bytes."""
+def _digest(index: SampleIndex, batched: bool) -> list[int]:
+    """One hash per sample of everything a reader gets (ids, labels, positions, lengths, spans, bytes), or
+    with `batched`, one per batch of 13 samples read together (the path of PileDataset.__getitems__)."""
     out = []
+    if batched:
+        for begin in range(0, len(index), 13):
+            h = xxhash.xxh3_64()
+            for key, array in index.gather(range(begin, min(begin + 13, len(index)))).items():
+                h.update(key.encode() + array.tobytes())
+            out.append(h.intdigest())
+        return out
     for i in range(len(index)):
         s = index[i]
         h = xxhash.xxh3_64()
@@ -36,11 +44,11 @@ def _digest(index: SampleIndex) -> list[int]:
     return out
 
 
-def _read_all(folder: Path) -> dict[str, list[int]]:
+def _read_all(folder: Path, batched: bool = False) -> dict[str, list[int]]:
     view = TokenView(folder)
     names = sorted(p.name.removesuffix(".json") for p in (folder / "samples").glob("*.json"))
     indexes = {name: SampleIndex(view, name) for name in names}  # open everything first, then read
-    return {name: _digest(index) for name, index in indexes.items()}
+    return {name: _digest(index, batched) for name, index in indexes.items()}
 
 
 def test_flipped_bytes_in_a_tokenized_view_give_clear_errors_or_unchanged_samples(
@@ -56,8 +64,8 @@ def test_flipped_bytes_in_a_tokenized_view_give_clear_errors_or_unchanged_sample
     store = pilestore.open(store_dir)
     folder = Path(tokenize(store, model)["view"])
     build_indexes(TokenView(folder), store, *SHAPE)
-    expected = _read_all(folder)
-    assert len(expected) == 2 and all(len(v) > 100 for v in expected.values())
+    expected = {batched: _read_all(folder, batched) for batched in (False, True)}
+    assert len(expected[False]) == 2 and all(len(v) > 100 for v in expected[False].values())
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.stat().st_size)
     kinds = {p.name.split(".", 1)[1] for p in files}
     assert kinds >= {"tokens", "bytes", "arrow", "sums", "done", "json", "model", "rows.arrow", "samples.arrow"}
@@ -70,19 +78,24 @@ def test_flipped_bytes_in_a_tokenized_view_give_clear_errors_or_unchanged_sample
         for _ in range(rng.randint(1, 4)):
             data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
         target.write_bytes(bytes(data))
-        tally = outcomes.setdefault(target.name.split(".", 1)[1], {"error": 0, "unchanged": 0})
+        kind = target.name.split(".", 1)[1]
         try:
-            got = _read_all(folder)
-        except PilestoreError:
-            tally["error"] += 1
-        else:
-            assert got == expected, f"trial {trial}: a flip in {target.name} changed samples without an error"
-            assert not verify(pilestore.open(store_dir)).ok, f"trial {trial}: verify missed a change to {target.name}"
-            tally["unchanged"] += 1
+            for batched in (False, True):  # each read path on its own: an error, or exactly the samples
+                tally = outcomes.setdefault(f"{kind}{' batched' if batched else ''}", {"error": 0, "unchanged": 0})
+                try:
+                    got = _read_all(folder, batched)
+                except PilestoreError:
+                    tally["error"] += 1
+                else:
+                    assert got == expected[batched], f"trial {trial}: a flip in {target.name} changed samples"
+                    assert not verify(pilestore.open(store_dir)).ok, f"trial {trial}: verify missed {target.name}"
+                    tally["unchanged"] += 1
         finally:
             target.write_bytes(pristine)
     # the read path's own checks fired: damaged token blocks and sample records were refused, not returned
     for kind in ("tokens", "sums", "rows.arrow", "json"):
-        assert outcomes.get(kind, {}).get("error"), (kind, outcomes)
+        for path in ("", " batched"):
+            assert outcomes.get(kind + path, {}).get("error"), (kind + path, outcomes)
     print(outcomes)
-    assert _read_all(folder) == expected and verify(pilestore.open(store_dir)).ok
+    assert _read_all(folder) == expected[False] and _read_all(folder, True) == expected[True]
+    assert verify(pilestore.open(store_dir)).ok

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 import pilestore
 from pilestore.samples import IGNORE
 from pilestore.tokens import tokenize
-from pilestore.torch import PileDataset, PileSampler, collate
+from pilestore.torch import Batch, PileDataset, PileSampler, collate
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,39 @@ def test_dataloader_workers_return_the_same_batches(dataset_store: pilestore.Sto
         total_targets += int((batch["labels"] != IGNORE).sum())
         count += 1
     assert count == -(-len(order) // 4) and total_targets > 0
+
+
+@pytest.mark.parametrize(
+    "kind, options",
+    [
+        ("train", {}),
+        ("eval", {}),
+        ("train", {"split": "train", "val_fraction": 0.25}),
+        ("eval", {"split": "val", "val_fraction": 0.25}),
+        ("eval", {"weights": {"Pile-CC": 2.0}}),
+    ],
+)
+def test_batched_reads_equal_collated_single_reads(
+    dataset_store: pilestore.Store, model: Path, kind: str, options: dict
+) -> None:
+    ds = PileDataset(dataset_store, kind, seq_len=256, context=64, tokenizer=model, **options)
+    generator = torch.Generator().manual_seed(len(ds))
+    batches = [torch.randint(-len(ds), len(ds), (size,), generator=generator).tolist() for size in (1, 2, 7, 16, 33)]
+    batches.append(list(range(len(ds))))  # every sample, the padded ones of the eval view among them
+    for positions in batches:
+        got = ds.__getitems__(positions)
+        expected = collate([ds[i] for i in positions])
+        assert isinstance(got, Batch) and len(got) == len(positions)
+        assert collate(got).keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.equal(collate(got)[key], value), (key, positions[:5])
+        for k in (0, len(positions) - 1):  # per-sample views of the batch are ds[i]
+            single = ds[positions[k]]
+            assert all(torch.equal(got[k][key], single[key]) for key in single)
+    padded = collate(ds.__getitems__(list(range(len(ds)))))
+    assert kind == "train" or int((padded["labels"] == IGNORE).sum()) > 0
+    with pytest.raises(IndexError):
+        ds.__getitems__([0, len(ds)])
 
 
 def test_eval_view_and_fingerprints(dataset_store: pilestore.Store, model: Path) -> None:

@@ -193,6 +193,46 @@ def carve(buffer: Any, layout: Mapping[str, tuple[int, tuple[int, ...]]]) -> dic
     return {key: buffer[at : at + math.prod(shape)].reshape(shape) for key, (at, shape) in layout.items()}
 
 
+def _fill_spans(
+    tokens: np.ndarray,
+    rows: list[int],
+    at: list[int],
+    eod: list[int],
+    context: list[int],
+    target: list[int],
+    source: list[int],
+    eod_id: int,
+    out: dict[str, np.ndarray],
+) -> None:
+    """Write spans into out's input_ids, labels and position_ids ([B, seq_len]): span k is x-tokens
+    [eod] * eod[k] + tokens[source[k] : source[k] + context[k] + target[k]] at slot at[k] of sample rows[k]; its
+    last target[k] x-tokens are labels (labels[q - 1] = x[q]; IGNORE where x[q] is context or [eod]); positions
+    count from 0. A few slice copies per span (as fast as a numba loop here: the copies are bound by memory)."""
+    input_ids, labels, positions = out["input_ids"], out["labels"], out["position_ids"]
+    width = input_ids.shape[1]
+    for r, a, e, c, t, s in zip(rows, at, eod, context, target, source, strict=True):
+        n = e + c + t
+        stop = min(n, width - a)  # the sample's last x-token is a label only
+        if e and stop > 0:
+            input_ids[r, a] = eod_id
+        input_ids[r, a + e : a + stop] = tokens[s : s + stop - e]
+        positions[r, a : a + stop] = _ARANGE[:stop] if stop <= len(_ARANGE) else np.arange(stop)
+        first_target, low = a + n - t, max(a, 1)
+        if first_target > low:
+            labels[r, low - 1 : first_target - 1] = IGNORE
+        low = max(first_target, 1)
+        labels[r, low - 1 : a + n - 1] = tokens[s - e + low - a : s - e + n]
+
+
+def _fill_padding(used: np.ndarray, out: dict[str, np.ndarray]) -> None:
+    """Slots from used[r] on in sample r: input id 0 ([PAD] in the Pile configuration), position 0, IGNORE."""
+    for r in np.flatnonzero(used <= out["input_ids"].shape[1]).tolist():
+        u = int(used[r])
+        out["input_ids"][r, u:] = 0
+        out["position_ids"][r, u:] = 0
+        out["labels"][r, max(u, 1) - 1 :] = IGNORE
+
+
 @dataclass(frozen=True, slots=True)
 class IndexShape:
     """What an index is: its view kind, window shape and split."""
@@ -460,10 +500,8 @@ class SampleIndex:
 
     def gather(self, ids: Any, alloc: Callable[[int], np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Samples `ids` as one batch: the fields of pilestore.torch.collate([ds[i] for i in ids]), built for
-        the whole batch at once (vectorised, tokens laid out by a numba kernel) and checked as __getitem__
-        checks a sample. alloc(n) gives the batch's int64 buffer of n items (default: np.empty)."""
-        from .batches import fill_padding
-
+        the whole batch at once (records and checks vectorised, a few slice copies per span) and checked as
+        __getitem__ checks a sample. alloc(n) gives the batch's int64 buffer of n items (default: np.empty)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         n = len(self)
         if len(ids) and (ids.min() < -n or ids.max() >= n):
@@ -493,15 +531,16 @@ class SampleIndex:
         lengths = eod + context + target
         cumulative = np.concatenate(([0], np.cumsum(lengths)))
         used = cumulative[ends] - cumulative[begins]
-        negative = (eod < 0) | (context < 0) | (target < 0)
-        if (used > size).any() or negative.any():  # only a faulty build gets here (records are checked)
-            self._damaged(int(ids[np.argmax(used > size)] if (used > size).any() else ids[row[np.argmax(negative)]]))
+        bad = used > size
+        bad[row[(eod < 0) | (context < 0) | (target < 0)]] = True
+        if bad.any():  # only a faulty build gets here (records are checked): spans that do not fit their sample
+            self._damaged(int(ids[np.argmax(bad)]))
         padded = used < size
         ragged = {"doc_lengths": total + int(padded.sum()), "span_bytes": total, "subset": total}
         buffer_size, layout = batch_layout(b, self.seq_len, ragged)
         out = carve(alloc(buffer_size) if alloc is not None else np.empty(buffer_size, np.int64), layout)
         self._copy_tokens(spans, row, cumulative[:-1] - np.repeat(cumulative[begins], count), out)  # slots
-        fill_padding(used, IGNORE, out)  # padding id 0 ([PAD] in the Pile configuration)
+        _fill_padding(used, out)
         out["n_bytes"][:] = records["n_bytes"]
         out["sample"][:] = ids
         offsets = np.concatenate(([0], np.cumsum(count + padded)))
@@ -514,15 +553,12 @@ class SampleIndex:
         return out
 
     def _copy_tokens(self, spans: np.ndarray, row: np.ndarray, at: np.ndarray, out: dict[str, np.ndarray]) -> None:
-        """Lay span k out at slot at[k] of sample row[k] (batches.fill_spans), after checking that its tokens lie
-        in their partition's file and that the blocks they lie in match their checksums."""
-        from .batches import fill_spans
-
+        """Lay span k out at slot at[k] of sample row[k] (_fill_spans), after checking that its tokens lie in
+        their partition's file and that the blocks they lie in match their checksums."""
         if self._doc_first is None:
             self._locate(0)
         assert self._doc_first is not None
         part = np.searchsorted(self._doc_first, spans["doc"], side="right") - 1
-        eod = spans["eod"].astype(np.int64)
         context, target = spans["context"].astype(np.int64), spans["target"].astype(np.int64)
         length, source = context + target, spans["offset"]
         for p in np.unique(part).tolist():
@@ -537,8 +573,8 @@ class SampleIndex:
             spread = ((begin[some] + count[some]) * width - 1) // BLOCK - first_block + 1
             blocks = np.arange(int(spread.sum())) + np.repeat(first_block - (np.cumsum(spread) - spread), spread)
             tokens.check_blocks(np.unique(blocks).tolist())
-            fill_spans(tokens.tokens, row[mine], at[mine], eod[mine], context[mine], target[mine], begin,
-                       self.view.eod_id, IGNORE, out)  # fmt: skip
+            columns = (row[mine], at[mine], spans["eod"][mine], context[mine], target[mine], begin)
+            _fill_spans(tokens.tokens, *(c.tolist() for c in columns), self.view.eod_id, out)
 
     def _damaged(self, i: int) -> None:
         raise PilestoreError(

@@ -40,7 +40,7 @@ from .index import map_columns
 from .manifest import read_sealed, write_sealed
 from .shards import file_sha256
 from .splits import split_suffix
-from .tokens import BLOCK, TokenView
+from .tokens import TokenView
 
 _ARANGE = np.arange(1 << 16, dtype=np.int64)
 # Read-optimised copies of the fields a look-up needs, one record per sample and per span (spans in sample
@@ -224,9 +224,9 @@ def _fill_spans(
         labels[r, low - 1 : a + n - 1] = tokens[s - e + low - a : s - e + n]
 
 
-def _fill_padding(used: np.ndarray, out: dict[str, np.ndarray]) -> None:
-    """Slots from used[r] on in sample r: input id 0 ([PAD] in the Pile configuration), position 0, IGNORE."""
-    for r in np.flatnonzero(used <= out["input_ids"].shape[1]).tolist():
+def _fill_padding(rows: np.ndarray, used: np.ndarray, out: dict[str, np.ndarray]) -> None:
+    """Slots from used[r] on in each of `rows`: input id 0 ([PAD] in the Pile configuration), position 0, IGNORE."""
+    for r in rows.tolist():
         u = int(used[r])
         out["input_ids"][r, u:] = 0
         out["position_ids"][r, u:] = 0
@@ -456,12 +456,17 @@ class SampleIndex:
     def __len__(self) -> int:
         return len(self.samples["span_begin"])
 
-    def _locate(self, doc: int) -> tuple[int, int]:
+    def _doc_starts(self) -> list[int]:
+        """The first document of each partition (and the total), computed once."""
         if self._doc_first is None:
             counts = [len(self.view.partition(p).n_tokens) for p in range(self.view.num_partitions)]
             self._doc_first = np.concatenate(([0], np.cumsum(counts))).tolist()
-        p = bisect.bisect_right(self._doc_first, doc) - 1
-        return p, doc - self._doc_first[p]
+        return self._doc_first
+
+    def _locate(self, doc: int) -> tuple[int, int]:
+        starts = self._doc_starts()
+        p = bisect.bisect_right(starts, doc) - 1
+        return p, doc - starts[p]
 
     def __getitem__(self, i: int) -> Sample:
         if not -len(self) <= i < len(self):
@@ -539,8 +544,9 @@ class SampleIndex:
         ragged = {"doc_lengths": total + int(padded.sum()), "span_bytes": total, "subset": total}
         buffer_size, layout = batch_layout(b, self.seq_len, ragged)
         out = carve(alloc(buffer_size) if alloc is not None else np.empty(buffer_size, np.int64), layout)
-        self._copy_tokens(spans, row, cumulative[:-1] - np.repeat(cumulative[begins], count), out)  # slots
-        _fill_padding(used, out)
+        slots = cumulative[:-1] - np.repeat(cumulative[begins], count)  # each span's first slot in its sample
+        self._copy_tokens(spans, row, slots, context, target, out)
+        _fill_padding(np.flatnonzero(padded), used, out)
         out["n_bytes"][:] = records["n_bytes"]
         out["sample"][:] = ids
         offsets = np.concatenate(([0], np.cumsum(count + padded)))
@@ -552,27 +558,18 @@ class SampleIndex:
         out["span_bytes_offsets"][:] = out["subset_offsets"][:] = np.concatenate(([0], ends))
         return out
 
-    def _copy_tokens(self, spans: np.ndarray, row: np.ndarray, at: np.ndarray, out: dict[str, np.ndarray]) -> None:
-        """Lay span k out at slot at[k] of sample row[k] (_fill_spans), after checking that its tokens lie in
-        their partition's file and that the blocks they lie in match their checksums."""
-        if self._doc_first is None:
-            self._locate(0)
-        assert self._doc_first is not None
-        part = np.searchsorted(self._doc_first, spans["doc"], side="right") - 1
-        context, target = spans["context"].astype(np.int64), spans["target"].astype(np.int64)
-        length, source = context + target, spans["offset"]
+    def _copy_tokens(
+        self, spans: np.ndarray, row: np.ndarray, at: np.ndarray, context: np.ndarray, target: np.ndarray, out: Any
+    ) -> None:
+        """Lay span k out at slot at[k] of sample row[k] (_fill_spans), after the checks read() makes: its tokens
+        lie in their partition's file and the blocks they lie in match their checksums."""
+        part = np.searchsorted(self._doc_starts(), spans["doc"], side="right") - 1
+        source = spans["offset"]
         for p in np.unique(part).tolist():
             tokens = self.view.partition(p)
             mine = part == p
-            begin, count = source[mine], length[mine]
-            for k in np.flatnonzero((begin < 0) | (begin + count > len(tokens.tokens)))[:1].tolist():
-                tokens.check_range(int(begin[k]), int(begin[k] + count[k]))
-            width = tokens.tokens.itemsize
-            some = count > 0
-            first_block = begin[some] * width // BLOCK
-            spread = ((begin[some] + count[some]) * width - 1) // BLOCK - first_block + 1
-            blocks = np.arange(int(spread.sum())) + np.repeat(first_block - (np.cumsum(spread) - spread), spread)
-            tokens.check_blocks(np.unique(blocks).tolist())
+            begin = source[mine]
+            tokens.check_ranges(begin, begin + context[mine] + target[mine])
             columns = (row[mine], at[mine], spans["eod"][mine], context[mine], target[mine], begin)
             _fill_spans(tokens.tokens, *(c.tolist() for c in columns), self.view.eod_id, out)
 

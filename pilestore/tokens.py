@@ -129,6 +129,18 @@ class PartitionTokens:
                 "index does not belong to this view: rebuild it with `pilestore index`"
             )
 
+    def check_ranges(self, begin: np.ndarray, end: np.ndarray) -> None:
+        """read()'s checks for many ranges tokens[begin[k]:end[k]] at once, each block hashed once."""
+        outside = (begin < 0) | (begin > end) | (end > len(self.tokens))
+        for k in np.flatnonzero(outside)[:1].tolist():
+            self.check_range(int(begin[k]), int(end[k]))
+        some = end > begin
+        size = self.tokens.itemsize
+        first = begin[some] * size // BLOCK
+        spread = (end[some] * size - 1) // BLOCK - first + 1
+        blocks = np.arange(int(spread.sum())) + np.repeat(first - (np.cumsum(spread) - spread), spread)
+        self.check_blocks(np.unique(blocks).tolist())
+
     def check_blocks(self, blocks: Iterable[int]) -> None:
         """A clear error unless each of these BLOCK-byte blocks of the token file matches its checksum."""
         raw, sums = self.raw, self.sums

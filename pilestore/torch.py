@@ -295,9 +295,9 @@ class PileDataset(torch.utils.data.Dataset):
             holder.append(_new_buffer(size))
             return holder[0].numpy()
 
-        arrays = self.index.gather(self.sample_ids(positions), alloc)
-        base = holder[0].data_ptr()  # the arrays are views of holder[0]: the same views of it as tensors
-        return Batch(carve(holder[0], {key: ((a.ctypes.data - base) // 8, a.shape) for key, a in arrays.items()}))
+        arrays = self.index.gather(self.sample_ids(positions), alloc)  # views of holder[0]: the same as tensors
+        _, layout = batch_layout(len(positions), self.index.seq_len, {key: len(arrays[key]) for key in RAGGED})
+        return Batch(carve(holder[0], layout))
 
 
 def _new_buffer(size: int) -> torch.Tensor:

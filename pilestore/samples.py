@@ -28,7 +28,7 @@ import bisect
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,8 @@ _SPAN_MULT_TILED = np.tile(_SPAN_MULT, _MAX_SPANS_TILED)
 FIXED = ("input_ids", "labels", "position_ids")  # [B, seq_len] each
 SCALARS = ("n_bytes", "sample")  # [B]
 RAGGED = ("doc_lengths", "span_bytes", "subset")  # concatenated, then <key>_offsets [B + 1]
+FIELDS = (*FIXED, *SCALARS, *RAGGED)
+
 GENERATION_KEY = "pilestore.generation"  # in both Arrow files' schema metadata and the .json: they belong together
 IGNORE = -100  # label of a position that is not predicted (PyTorch cross_entropy's ignore_index)
 SAMPLES_DIR = "samples"
@@ -169,19 +171,33 @@ def _generation(tables: dict[str, Any]) -> str:
     return hasher.hexdigest()
 
 
-def batch_layout(b: int, seq_len: int, ragged: Mapping[str, int]) -> tuple[int, dict[str, tuple[int, tuple[int, ...]]]]:
-    """A batch of b samples in one int64 buffer: its size and, per field, (offset, shape).
+def check_fields(fields: Sequence[str]) -> tuple[str, ...]:
+    """`fields` in FIELDS order, refused if empty, repeated or unknown (a trainer asks only for what it uses)."""
+    fields = [fields] if isinstance(fields, str) else list(fields)
+    unknown = [field for field in fields if field not in FIELDS]
+    if unknown or not fields or len(set(fields)) != len(fields):
+        raise ValueError(
+            f"fields {list(fields)}: give one or more distinct names of {list(FIELDS)}"
+            + (f" ({', '.join(map(repr, unknown))} unknown)" if unknown else "")
+        )
+    return tuple(field for field in FIELDS if field in fields)
 
-    ragged: the total length of each RAGGED field over the batch."""
+
+def batch_layout(
+    b: int, seq_len: int, ragged: Mapping[str, int], fields: Sequence[str] = FIELDS
+) -> tuple[int, dict[str, tuple[int, tuple[int, ...]]]]:
+    """A batch of b samples in one int64 buffer: its size and, per field of `fields`, (offset, shape).
+
+    ragged: the total length of each RAGGED field (of those in `fields`) over the batch."""
     layout: dict[str, tuple[int, tuple[int, ...]]] = {}
     at = 0
-    for key in FIXED:
+    for key in (key for key in FIXED if key in fields):
         layout[key] = (at, (b, seq_len))
         at += b * seq_len
-    for key in SCALARS:
+    for key in (key for key in SCALARS if key in fields):
         layout[key] = (at, (b,))
         at += b
-    for key in RAGGED:
+    for key in (key for key in RAGGED if key in fields):
         layout[key] = (at, (ragged[key],))
         layout[f"{key}_offsets"] = (at + ragged[key], (b + 1,))
         at += ragged[key] + b + 1
@@ -207,16 +223,21 @@ def _fill_spans(
     """Write spans into out's input_ids, labels and position_ids ([B, seq_len]): span k is x-tokens
     [eod] * eod[k] + tokens[source[k] : source[k] + context[k] + target[k]] at slot at[k] of sample rows[k]; its
     last target[k] x-tokens are labels (labels[q - 1] = x[q]; IGNORE where x[q] is context or [eod]); positions
-    count from 0. A few slice copies per span (as fast as a numba loop here: the copies are bound by memory)."""
-    input_ids, labels, positions = out["input_ids"], out["labels"], out["position_ids"]
-    width = input_ids.shape[1]
+    count from 0. Fields missing from `out` are skipped. A few slice copies per span (as fast as a numba loop
+    here: the copies are bound by memory)."""
+    input_ids, labels, positions = out.get("input_ids"), out.get("labels"), out.get("position_ids")
+    width = next(array for array in (input_ids, labels, positions) if array is not None).shape[1]
     for r, a, e, c, t, s in zip(rows, at, eod, context, target, source, strict=True):
         n = e + c + t
         stop = min(n, width - a)  # the sample's last x-token is a label only
-        if e and stop > 0:
-            input_ids[r, a] = eod_id
-        input_ids[r, a + e : a + stop] = tokens[s : s + stop - e]
-        positions[r, a : a + stop] = _ARANGE[:stop] if stop <= len(_ARANGE) else np.arange(stop)
+        if input_ids is not None:
+            if e and stop > 0:
+                input_ids[r, a] = eod_id
+            input_ids[r, a + e : a + stop] = tokens[s : s + stop - e]
+        if positions is not None:
+            positions[r, a : a + stop] = _ARANGE[:stop] if stop <= len(_ARANGE) else np.arange(stop)
+        if labels is None:
+            continue
         first_target, low = a + n - t, max(a, 1)
         if first_target > low:
             labels[r, low - 1 : first_target - 1] = IGNORE
@@ -228,9 +249,12 @@ def _fill_padding(rows: np.ndarray, used: np.ndarray, out: dict[str, np.ndarray]
     """Slots from used[r] on in each of `rows`: input id 0 ([PAD] in the Pile configuration), position 0, IGNORE."""
     for r in rows.tolist():
         u = int(used[r])
-        out["input_ids"][r, u:] = 0
-        out["position_ids"][r, u:] = 0
-        out["labels"][r, max(u, 1) - 1 :] = IGNORE
+        if "input_ids" in out:
+            out["input_ids"][r, u:] = 0
+        if "position_ids" in out:
+            out["position_ids"][r, u:] = 0
+        if "labels" in out:
+            out["labels"][r, max(u, 1) - 1 :] = IGNORE
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,10 +527,15 @@ class SampleIndex:
             lengths.append(size - at)
         return Sample(x[:-1], labels, positions[:-1], np.asarray(lengths, np.int64), spans, int(record["n_bytes"]))
 
-    def gather(self, ids: Any, alloc: Callable[[int], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def gather(
+        self, ids: Any, alloc: Callable[[int], np.ndarray] | None = None, fields: Sequence[str] = FIELDS
+    ) -> dict[str, np.ndarray]:
         """Samples `ids` as one batch: the fields of pilestore.torch.collate([ds[i] for i in ids]), built for
         the whole batch at once (records and checks vectorised, a few slice copies per span) and checked as
-        __getitem__ checks a sample. alloc(n) gives the batch's int64 buffer of n items (default: np.empty)."""
+        __getitem__ checks a sample. alloc(n) gives the batch's int64 buffer of n items (default: np.empty).
+        fields: the ones to build (check_fields); a trainer that reads only input_ids and labels moves a third
+        fewer bytes. Every sample's records are checked whatever the fields; token blocks when tokens are read."""
+        fields = check_fields(fields)
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         n = len(self)
         if len(ids) and (ids.min() < -n or ids.max() >= n):
@@ -542,20 +571,25 @@ class SampleIndex:
             self._damaged(int(ids[np.argmax(bad)]))
         padded = used < size
         ragged = {"doc_lengths": total + int(padded.sum()), "span_bytes": total, "subset": total}
-        buffer_size, layout = batch_layout(b, self.seq_len, ragged)
+        buffer_size, layout = batch_layout(b, self.seq_len, ragged, fields)
         out = carve(alloc(buffer_size) if alloc is not None else np.empty(buffer_size, np.int64), layout)
-        slots = cumulative[:-1] - np.repeat(cumulative[begins], count)  # each span's first slot in its sample
-        self._copy_tokens(spans, row, slots, context, target, out)
-        _fill_padding(np.flatnonzero(padded), used, out)
-        out["n_bytes"][:] = records["n_bytes"]
-        out["sample"][:] = ids
-        offsets = np.concatenate(([0], np.cumsum(count + padded)))
-        out["doc_lengths"][np.arange(total) + np.repeat(offsets[:-1] - begins, count)] = lengths
-        out["doc_lengths"][(offsets[1:] - 1)[padded]] = (size - used)[padded]
-        out["doc_lengths_offsets"][:] = offsets
-        out["span_bytes"][:] = spans["n_bytes"]
-        out["subset"][:] = spans["subset"]
-        out["span_bytes_offsets"][:] = out["subset_offsets"][:] = np.concatenate(([0], ends))
+        if any(key in out for key in FIXED):
+            slots = cumulative[:-1] - np.repeat(cumulative[begins], count)  # each span's first slot in its sample
+            self._copy_tokens(spans, row, slots, context, target, out)
+            _fill_padding(np.flatnonzero(padded), used, out)
+        span_offsets = np.concatenate(([0], ends))
+        for key, values in (("n_bytes", records["n_bytes"]), ("sample", ids)):
+            if key in out:
+                out[key][:] = values
+        for key in ("span_bytes", "subset"):
+            if key in out:
+                out[key][:] = spans["n_bytes" if key == "span_bytes" else key]
+                out[f"{key}_offsets"][:] = span_offsets
+        if "doc_lengths" in out:
+            offsets = np.concatenate(([0], np.cumsum(count + padded)))
+            out["doc_lengths"][np.arange(total) + np.repeat(offsets[:-1] - begins, count)] = lengths
+            out["doc_lengths"][(offsets[1:] - 1)[padded]] = (size - used)[padded]
+            out["doc_lengths_offsets"][:] = offsets
         return out
 
     def _copy_tokens(

@@ -29,7 +29,7 @@ from torch.utils.data import Sampler
 
 from .errors import PilestoreError
 from .sampler import EpochOrder, merge_ranges
-from .samples import FIXED, RAGGED, SCALARS, batch_layout, carve
+from .samples import FIELDS, FIXED, RAGGED, SCALARS, batch_layout, carve, check_fields
 
 CHUNK = 8192  # positions turned into sample indices at a time
 
@@ -187,6 +187,11 @@ class PileDataset(torch.utils.data.Dataset):
     Files open lazily in each process (fork or spawn), so a DataLoader's workers each map their own copy;
     nothing of the index's size is read at open.
 
+    fields: the fields to return (default all of the above); a trainer that uses only input_ids and labels
+    asks for those and each batch is a third smaller to build and to move out of a DataLoader worker.
+    dtype: torch.int64 (default) or torch.int32 for every field: half the bytes again. nn.Embedding takes
+    int32 ids; cross_entropy wants int64 targets: cast labels on the GPU (`labels.to(device).long()`).
+
     A DataLoader with a batch size reads each batch at once through __getitems__ (SampleIndex.gather: the
     batch comes already collated in one buffer); ds[i] reads one sample.
     Both give the same tensors (tested) and check the same checksums.
@@ -206,6 +211,8 @@ class PileDataset(torch.utils.data.Dataset):
         context: int = 512,
         packing: str = "bestfit",
         tokenizer: Any = None,
+        fields: Sequence[str] = FIELDS,
+        dtype: torch.dtype = torch.int64,
     ) -> None:
         from .mixture import Mixture
         from .samples import SampleIndex, index_name
@@ -216,6 +223,10 @@ class PileDataset(torch.utils.data.Dataset):
 
             store = open_store(store)
         self.store = store
+        self.fields = check_fields(fields)
+        if dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"dtype {dtype}: give torch.int64 or torch.int32")
+        self.dtype = dtype
         self._view = find_view(store, tokenizer)
         self.name = index_name(view, seq_len, context, packing, split, val_fraction)
         self._index: SampleIndex | None = SampleIndex(self._view, self.name)
@@ -227,6 +238,8 @@ class PileDataset(torch.utils.data.Dataset):
             else None
         )
         self._length = len(self.mixture) if self.mixture is not None else len(self._index)
+        if dtype == torch.int32 and len(self._index) > torch.iinfo(torch.int32).max:
+            raise ValueError(f"{len(self._index)} samples: their numbers do not fit torch.int32; use torch.int64")
         mix = "" if self.mixture is None else f"/{self.mixture.weights.tolist()}/{mixture_seed}"
         key = f"{self._view.meta['tokenizer']['sha256']}/{self.name}/{len(self._index)}{mix}"
         self.fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -275,7 +288,7 @@ class PileDataset(torch.utils.data.Dataset):
             raise IndexError(f"sample {i} out of range for a dataset of {self._length} samples")
         sample_id = int(self.sample_ids([i])[0]) if self.mixture is not None else i % self._length
         sample = self.index[sample_id]
-        return {
+        item = {
             "input_ids": torch.from_numpy(sample.input_ids),
             "labels": torch.from_numpy(sample.labels),
             "position_ids": torch.from_numpy(sample.position_ids),
@@ -285,6 +298,7 @@ class PileDataset(torch.utils.data.Dataset):
             "subset": torch.tensor([span["subset"] for span in sample.spans], dtype=torch.int64),
             "sample": torch.tensor(sample_id, dtype=torch.int64),
         }
+        return {key: item[key].to(self.dtype) for key in self.fields}
 
     def __getitems__(self, positions: Sequence[int]) -> Batch:
         """Samples at `positions` read as one batch (what a DataLoader with a batch size calls): the same
@@ -292,39 +306,41 @@ class PileDataset(torch.utils.data.Dataset):
         holder: list[torch.Tensor] = []
 
         def alloc(size: int) -> np.ndarray:
-            holder.append(_new_buffer(size))
+            holder.append(_new_buffer(size, self.dtype))
             return holder[0].numpy()
 
-        arrays = self.index.gather(self.sample_ids(positions), alloc)  # views of holder[0]: the same as tensors
-        _, layout = batch_layout(len(positions), self.index.seq_len, {key: len(arrays[key]) for key in RAGGED})
+        arrays = self.index.gather(self.sample_ids(positions), alloc, self.fields)  # views of holder[0]
+        ragged = {key: len(arrays[key]) for key in RAGGED if key in arrays}
+        _, layout = batch_layout(len(positions), self.index.seq_len, ragged, self.fields)
         return Batch(carve(holder[0], layout))
 
 
-def _new_buffer(size: int) -> torch.Tensor:
-    """An int64 buffer for a batch: in shared memory inside a DataLoader worker (as default_collate does), so
+def _new_buffer(size: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """A buffer for a batch: in shared memory inside a DataLoader worker (as default_collate does), so
     the batch crosses to the trainer as one segment and one file descriptor, not one per field."""
     if torch.utils.data.get_worker_info() is not None:
-        storage = torch.empty(0, dtype=torch.int64)._typed_storage()._new_shared(size)
-        return torch.empty(0, dtype=torch.int64).new(storage)
-    return torch.empty(size, dtype=torch.int64)
+        storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(size)
+        return torch.empty(0, dtype=dtype).new(storage)
+    return torch.empty(size, dtype=dtype)
 
 
 def collate(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack fixed-length fields; concatenate per-span fields with `*_offsets` saying where each sample's begin.
 
-    Every field is a view of one int64 buffer (pilestore.samples.batch_layout), in shared memory inside a
-    DataLoader worker (2,061 -> 4,808 samples/s with one worker, benchmarks/bench_torch.py). A Batch (what
+    Every field is a view of one buffer of the samples' dtype (pilestore.samples.batch_layout), in shared memory
+    inside a DataLoader worker (2,061 -> 4,808 samples/s with one worker, benchmarks/bench_torch.py). A Batch (what
     PileDataset.__getitems__ gives a DataLoader) is already collated and is returned as it is."""
     if isinstance(batch, Batch):
         return batch.collated
     b = len(batch)
-    t = len(batch[0]["input_ids"]) if b else 0
-    lengths = {key: [len(item[key]) for item in batch] for key in RAGGED}
-    size, layout = batch_layout(b, t, {key: sum(lengths[key]) for key in RAGGED})
-    out = carve(_new_buffer(size), layout)
-    for key in (*FIXED, *SCALARS):
+    fields = [key for key in FIELDS if key in batch[0]] if b else list(FIELDS)
+    t = next((len(batch[0][key]) for key in FIXED if key in fields), 0) if b else 0
+    lengths = {key: [len(item[key]) for item in batch] for key in RAGGED if key in fields}
+    size, layout = batch_layout(b, t, {key: sum(values) for key, values in lengths.items()}, fields)
+    out = carve(_new_buffer(size, batch[0][fields[0]].dtype if b else torch.int64), layout)
+    for key in (key for key in (*FIXED, *SCALARS) if key in fields):
         torch.stack([item[key] for item in batch], out=out[key])
-    for key in RAGGED:
+    for key in lengths:
         torch.cat([item[key] for item in batch], out=out[key])
         out[f"{key}_offsets"].copy_(torch.from_numpy(np.cumsum([0, *lengths[key]], dtype=np.int64)))
     return out
@@ -338,14 +354,15 @@ class Batch(Sequence[dict[str, torch.Tensor]]):
         self.collated = collated
 
     def __len__(self) -> int:
-        return len(self.collated["sample"])
+        key = next(key for key in FIELDS if key in self.collated)
+        return len(self.collated[f"{key}_offsets"]) - 1 if key in RAGGED else len(self.collated[key])
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
         if not -len(self) <= k < len(self):
             raise IndexError(f"sample {k} out of range for a batch of {len(self)}")
         k %= len(self)
-        item = {key: self.collated[key][k] for key in (*FIXED, *SCALARS)}
-        for key in RAGGED:
+        item = {key: self.collated[key][k] for key in (*FIXED, *SCALARS) if key in self.collated}
+        for key in (key for key in RAGGED if key in self.collated):
             begin, end = self.collated[f"{key}_offsets"][k : k + 2].tolist()
             item[key] = self.collated[key][begin:end]
         return item

@@ -99,6 +99,59 @@ def test_batched_reads_equal_collated_single_reads(
         ds.__getitems__([0, len(ds)])
 
 
+@pytest.mark.parametrize(
+    "fields", [("input_ids", "labels"), ("labels",), ("position_ids", "doc_lengths"), ("n_bytes", "sample", "subset")]
+)
+@pytest.mark.parametrize("kind", ["train", "eval"])
+def test_selected_fields_are_those_of_the_full_samples_in_a_smaller_buffer(
+    dataset_store: pilestore.Store, model: Path, kind: str, fields: tuple[str, ...]
+) -> None:
+    full = PileDataset(dataset_store, kind, seq_len=256, context=64, tokenizer=model)
+    lean = PileDataset(dataset_store, kind, seq_len=256, context=64, tokenizer=model, fields=fields[::-1])
+    assert lean.fields == fields and lean.fingerprint == full.fingerprint  # in FIELDS order; the same samples
+    positions = torch.randint(0, len(full), (24,), generator=torch.Generator().manual_seed(7)).tolist()
+    expected = collate([full[i] for i in positions])
+    got = collate(lean.__getitems__(positions))
+    keys = {key for field in fields for key in (field, f"{field}_offsets") if key in expected}
+    assert got.keys() == keys
+    assert all(torch.equal(got[key], expected[key]) for key in keys)
+    assert collate([lean[i] for i in positions]).keys() == keys and lean[positions[0]].keys() == set(fields)
+    assert len(lean.__getitems__(positions)) == len(positions)
+    stored = next(iter(got.values())).untyped_storage().nbytes()  # every field a view of one buffer
+    assert stored == 8 * sum(expected[key].numel() for key in keys)
+    loader = DataLoader(lean, batch_size=8, sampler=positions, num_workers=1, collate_fn=collate)
+    for k, batch in enumerate(loader):  # through a real worker
+        assert all(
+            torch.equal(batch[key], collate([full[i] for i in positions[8 * k : 8 * k + 8]])[key]) for key in keys
+        )
+
+
+def test_int32_samples_hold_the_int64_values_in_half_the_bytes(dataset_store: pilestore.Store, model: Path) -> None:
+    wide = PileDataset(dataset_store, "eval", seq_len=256, context=64, tokenizer=model)
+    narrow = PileDataset(dataset_store, "eval", seq_len=256, context=64, tokenizer=model, dtype=torch.int32)
+    positions = list(range(len(wide)))  # every sample, padded ones among them
+    expected, got = collate([wide[i] for i in positions]), collate(narrow.__getitems__(positions))
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key].dtype == torch.int32 and torch.equal(got[key].long(), value), key
+    assert 2 * got["labels"].untyped_storage().nbytes() == expected["labels"].untyped_storage().nbytes()
+    assert all(value.dtype == torch.int32 for value in narrow[positions[-1]].values())
+    assert collate([narrow[i] for i in positions[:5]])["input_ids"].dtype == torch.int32
+    loader = DataLoader(narrow, batch_size=16, num_workers=1, collate_fn=collate)
+    for k, batch in enumerate(loader):  # through a real worker
+        assert torch.equal(batch["labels"].long(), expected["labels"][16 * k : 16 * k + 16])
+    with pytest.raises(ValueError, match="int32"):
+        PileDataset(dataset_store, "eval", seq_len=256, context=64, tokenizer=model, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("fields", [(), ("input_ids", "input_ids"), ("input_ids", "attention_mask")])
+def test_unknown_empty_or_repeated_fields_are_refused(
+    dataset_store: pilestore.Store, model: Path, fields: tuple[str, ...]
+) -> None:
+    with pytest.raises(ValueError, match="position_ids"):  # the message lists the fields there are
+        PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=model, fields=fields)
+
+
 def test_eval_view_and_fingerprints(dataset_store: pilestore.Store, model: Path) -> None:
     train = PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=model)
     evaluation = PileDataset(dataset_store, "eval", seq_len=256, context=64, tokenizer=model)

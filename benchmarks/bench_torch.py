@@ -10,8 +10,8 @@ loader       samples/s and tokens/s at seq_len 2048, shuffled, from a DataLoader
              sample corpus tokenized with a 32k BPE: PileDataset + PileSampler + collate, next to the same
              DataLoader reading the same number of 2049-token windows at random offsets of a plain np.memmap of
              the same token file (the nanoGPT / Megatron way), item by item and a batch at a time; and
-             pilestore item by item (without __getitems__, as before it had one). With CUDA: also batches
-             copied to the GPU.
+             pilestore item by item (without __getitems__, as before it had one); and pilestore lean: only
+             input_ids and labels (fields=...), in int64 and in int32. With CUDA: also batches copied to the GPU.
 memory       resident memory of a DataLoader worker after 20k random samples, for a 10M- and a 100M-sample
              index (synthetic: one long document, the real index format, sparse token files)
              and, in a fresh process, the time to open PileDataset and ds[i] latency at each size
@@ -34,6 +34,7 @@ import numpy as np
 
 SHARED = Path(os.environ.get("PILESTORE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 SEQ_LEN, CONTEXT = 2048, 512
+LEAN = ("input_ids", "labels")  # the fields a nanoGPT-style trainer uses (PileDataset(fields=...))
 
 
 def emit(section: str, **fields: object) -> None:
@@ -124,13 +125,13 @@ def rate(loader, batches: int, device: str | None = None) -> tuple[float, int]: 
         import torch
 
         sync = torch.cuda.synchronize
-        first["input_ids"].to(device, non_blocking=True)
+        first["input_ids"].to(device, non_blocking=True).long()  # int32 batches widened on the GPU
     started, samples, targets = time.perf_counter(), 0, 0
     for _ in range(batches):
         batch = next(it)
         if device:
-            batch["input_ids"].to(device, non_blocking=True)
-            batch["labels"].to(device, non_blocking=True)
+            batch["input_ids"].to(device, non_blocking=True).long()
+            batch["labels"].to(device, non_blocking=True).long()
         samples += len(batch["input_ids"])
         targets += int((batch["labels"] != -100).sum())
     if sync is not None:
@@ -175,6 +176,8 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
 
     store = pilestore.open(store_dir)
     ds = PileDataset(store, "train", seq_len=SEQ_LEN, context=CONTEXT)
+    lean = PileDataset(store, "train", seq_len=SEQ_LEN, context=CONTEXT, fields=LEAN)  # what nanoGPT reads
+    lean32 = PileDataset(store, "train", seq_len=SEQ_LEN, context=CONTEXT, fields=LEAN, dtype=torch.int32)
     part = ds._view.folder / "p00000.tokens"
     n = batches * batch
     order = np.random.default_rng(2).integers(0, len(ds), n).tolist()
@@ -191,6 +194,7 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
     item_rate = max(item_rate, _rate(ds, order))  # checked before and after unchecked: order does not favour one
     ds.__getitems__(order[:batch])  # untimed: numba loads its compiled kernel on the first batch
     batched_rate = max(_batched_rate(ds.__getitems__, order, batch) for _ in range(2))
+    lean_rate = max(_batched_rate(lean.__getitems__, order, batch) for _ in range(2))
     emit(
         "in_process",
         samples=n,
@@ -206,6 +210,8 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
         batched_ratio_to_memmap_loop=round(batched_rate / loop_rate, 3),
         batched_ratio_to_memmap_batched=round(batched_rate / memmap_batched, 3),
         pilestore_batched_tokens_per_s=round(batched_rate * SEQ_LEN),
+        pilestore_lean_batched_samples_per_s=round(lean_rate),
+        lean_batched_ratio_to_memmap_loop=round(lean_rate / loop_rate, 3),
     )
     devices = [None] + (["cuda"] if torch.cuda.is_available() else [])
     for workers in (1, 2):
@@ -218,6 +224,8 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
             loaders = {  # (dataset, sampler, collate_fn): interleaved over rounds, the median kept (single runs
                 # swing 2x on a shared VM)
                 "pilestore": (ds, repeat, collate),
+                "pilestore_lean": (lean, repeat, collate),
+                "pilestore_lean_int32": (lean32, repeat, collate),
                 "pilestore_per_item": (PerItem(ds), repeat, collate),
                 "memmap": (MemmapWindows(part, ds._view.dtype.name, n), None, None),
                 "memmap_batched": (MemmapBatches(part, ds._view.dtype.name, n), None, passthrough),
@@ -240,6 +248,10 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
                 rounds=rounds,
                 pilestore_samples_per_s=round(median["pilestore"]),
                 pilestore_per_item_samples_per_s=round(median["pilestore_per_item"]),
+                pilestore_lean_samples_per_s=round(median["pilestore_lean"]),
+                pilestore_lean_int32_samples_per_s=round(median["pilestore_lean_int32"]),
+                lean_int32_tokens_per_s=round(median["pilestore_lean_int32"] * SEQ_LEN),
+                lean_int32_ratio_to_batched=round(median["pilestore_lean_int32"] / median["memmap_batched"], 3),
                 memmap_samples_per_s=round(median["memmap"]),
                 memmap_batched_samples_per_s=round(median["memmap_batched"]),
                 ratio=round(median["pilestore"] / median["memmap"], 3),

@@ -116,6 +116,30 @@ def test_long_documents_carry_exactly_the_context_in_training() -> None:
     ]
 
 
+def reference_best_fit_loads(sizes: list[int], capacity: int) -> list[int]:
+    """Best-fit decreasing, plainly: each piece, largest first, into the fullest bin it fits; the bins' loads."""
+    loads: list[int] = []
+    for size in sorted(sizes, reverse=True):
+        fits = [b for b, load in enumerate(loads) if load + size <= capacity]
+        if fits:
+            loads[max(fits, key=lambda b: loads[b])] += size
+        else:
+            loads.append(size)
+    return sorted(loads)
+
+
+@settings(deadline=None, max_examples=150)
+@given(doc_lengths, shapes)
+def test_best_fit_fills_samples_as_best_fit_decreasing_does(lengths: list[int], shape: tuple[int, int]) -> None:
+    """Which of several equally full bins a piece goes to does not change the loads, so they must match exactly
+    (first fit or next fit would not)."""
+    seq_len, context = shape
+    pieces = train_view(np.array(lengths, dtype=np.int64), seq_len, context, "greedy")  # the same pieces, unpacked
+    sizes = (pieces.eod.astype(np.int64) + pieces.context + pieces.target).tolist()
+    packed = train_view(np.array(lengths, dtype=np.int64), seq_len, context, "bestfit")
+    assert sorted(packed.sample_tokens().tolist()) == reference_best_fit_loads(sizes, seq_len + 1)
+
+
 def test_best_fit_wastes_no_more_than_greedy_on_real_shaped_lengths() -> None:
     lengths = np.random.default_rng(0).lognormal(5, 1.5, 5000).astype(np.int64)
     padding = {}

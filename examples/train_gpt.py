@@ -122,7 +122,8 @@ def main() -> None:
     split = {"split": "train", "val_fraction": args.val_fraction} if args.val_fraction else {}
     weights = {w.rpartition("=")[0]: float(w.rpartition("=")[2]) for w in args.weight} or None
     shape = {"seq_len": args.seq_len, "context": args.context, "tokenizer": args.tokenizer}
-    dataset = PileDataset(store, "train", weights=weights, **split, **shape)
+    fields = ("input_ids", "labels", "position_ids", "sample")  # what the loop below reads
+    dataset = PileDataset(store, "train", weights=weights, fields=fields, **split, **shape)
     sampler = PileSampler(dataset, seed=args.seed)  # rank and world size from torch.distributed
     if rank == 0 and weights:
         for row in dataset.realised():  # exact, from the index: what an epoch of this mixture holds

@@ -298,7 +298,7 @@ class PileDataset(torch.utils.data.Dataset):
             "subset": torch.tensor([span["subset"] for span in sample.spans], dtype=torch.int64),
             "sample": torch.tensor(sample_id, dtype=torch.int64),
         }
-        return {key: item[key].to(self.dtype) for key in self.fields}
+        return Fields({key: item[key].to(self.dtype) for key in self.fields})
 
     def __getitems__(self, positions: Sequence[int]) -> Batch:
         """Samples at `positions` read as one batch (what a DataLoader with a batch size calls): the same
@@ -312,7 +312,7 @@ class PileDataset(torch.utils.data.Dataset):
         arrays = self.index.gather(self.sample_ids(positions), alloc, self.fields)  # views of holder[0]
         ragged = {key: len(arrays[key]) for key in RAGGED if key in arrays}
         _, layout = batch_layout(len(positions), self.index.seq_len, ragged, self.fields)
-        return Batch(carve(holder[0], layout))
+        return Batch(Fields(carve(holder[0], layout)))
 
 
 def _new_buffer(size: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
@@ -337,13 +337,24 @@ def collate(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
     t = next((len(batch[0][key]) for key in FIXED if key in fields), 0) if b else 0
     lengths = {key: [len(item[key]) for item in batch] for key in RAGGED if key in fields}
     size, layout = batch_layout(b, t, {key: sum(values) for key, values in lengths.items()}, fields)
-    out = carve(_new_buffer(size, batch[0][fields[0]].dtype if b else torch.int64), layout)
+    out = Fields(carve(_new_buffer(size, batch[0][fields[0]].dtype if b else torch.int64), layout))
     for key in (key for key in (*FIXED, *SCALARS) if key in fields):
         torch.stack([item[key] for item in batch], out=out[key])
     for key in lengths:
         torch.cat([item[key] for item in batch], out=out[key])
         out[f"{key}_offsets"].copy_(torch.from_numpy(np.cumsum([0, *lengths[key]], dtype=np.int64)))
     return out
+
+
+class Fields(dict):
+    """A sample's or a batch's tensors by name (a dict); asking for a field the dataset was not built with says
+    how to get it instead of a bare KeyError."""
+
+    def __missing__(self, key: str) -> torch.Tensor:
+        raise KeyError(
+            f"{key!r} is not among these fields {list(self)}: PileDataset(fields=...) chooses them from "
+            f"{list(FIELDS)} (in a batch, each of {list(RAGGED)} comes with its <key>_offsets)"
+        )
 
 
 class Batch(Sequence[dict[str, torch.Tensor]]):
@@ -361,7 +372,7 @@ class Batch(Sequence[dict[str, torch.Tensor]]):
         if not -len(self) <= k < len(self):
             raise IndexError(f"sample {k} out of range for a batch of {len(self)}")
         k %= len(self)
-        item = {key: self.collated[key][k] for key in (*FIXED, *SCALARS) if key in self.collated}
+        item = Fields({key: self.collated[key][k] for key in (*FIXED, *SCALARS) if key in self.collated})
         for key in (key for key in RAGGED if key in self.collated):
             begin, end = self.collated[f"{key}_offsets"][k : k + 2].tolist()
             item[key] = self.collated[key][begin:end]
@@ -372,6 +383,7 @@ from .evaluation import eval_loaders, evaluate, reduce_metrics, span_losses  # n
 
 __all__ = [
     "Batch",
+    "Fields",
     "PileDataset",
     "PileSampler",
     "SamplerStateError",

@@ -117,6 +117,10 @@ def test_selected_fields_are_those_of_the_full_samples_in_a_smaller_buffer(
     assert all(torch.equal(got[key], expected[key]) for key in keys)
     assert collate([lean[i] for i in positions]).keys() == keys and lean[positions[0]].keys() == set(fields)
     assert len(lean.__getitems__(positions)) == len(positions)
+    missing = next(field for field in ("sample", "input_ids") if field not in fields)
+    for where in (got, lean[positions[0]], lean.__getitems__(positions)[0]):
+        with pytest.raises(KeyError, match=r"PileDataset\(fields=\.\.\.\)"):  # says how to get it
+            where[missing]
     stored = next(iter(got.values())).untyped_storage().nbytes()  # every field a view of one buffer
     assert stored == 8 * sum(expected[key].numel() for key in keys)
     loader = DataLoader(lean, batch_size=8, sampler=positions, num_workers=1, collate_fn=collate)
@@ -124,6 +128,8 @@ def test_selected_fields_are_those_of_the_full_samples_in_a_smaller_buffer(
         assert all(
             torch.equal(batch[key], collate([full[i] for i in positions[8 * k : 8 * k + 8]])[key]) for key in keys
         )
+        with pytest.raises(KeyError, match="fields="):
+            batch[missing]
 
 
 def test_int32_samples_hold_the_int64_values_in_half_the_bytes(dataset_store: pilestore.Store, model: Path) -> None:

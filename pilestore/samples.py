@@ -63,7 +63,7 @@ _SAMPLE_MULT = _MULTIPLIERS[:_SAMPLE_WORDS]
 _SPAN_MULT = _MULTIPLIERS[_SAMPLE_WORDS:]
 _MAX_SPANS_TILED = 1 << 12
 _SPAN_MULT_TILED = np.tile(_SPAN_MULT, _MAX_SPANS_TILED)
-# A batch as pilestore.torch.collate and SampleIndex.gather lay it out: every field a view of one int64 buffer,
+# A batch as pilestore.torch.collate and SampleIndex.gather lay it out: every field a view of one buffer,
 # in this order (one buffer: a batch crosses from a DataLoader worker as one shared-memory segment).
 FIXED = ("input_ids", "labels", "position_ids")  # [B, seq_len] each
 SCALARS = ("n_bytes", "sample")  # [B]
@@ -186,7 +186,7 @@ def check_fields(fields: Sequence[str]) -> tuple[str, ...]:
 def batch_layout(
     b: int, seq_len: int, ragged: Mapping[str, int], fields: Sequence[str] = FIELDS
 ) -> tuple[int, dict[str, tuple[int, tuple[int, ...]]]]:
-    """A batch of b samples in one int64 buffer: its size and, per field of `fields`, (offset, shape).
+    """A batch of b samples in one buffer: its size in items and, per field of `fields`, (offset, shape).
 
     ragged: the total length of each RAGGED field (of those in `fields`) over the batch."""
     layout: dict[str, tuple[int, tuple[int, ...]]] = {}
@@ -532,7 +532,8 @@ class SampleIndex:
     ) -> dict[str, np.ndarray]:
         """Samples `ids` as one batch: the fields of pilestore.torch.collate([ds[i] for i in ids]), built for
         the whole batch at once (records and checks vectorised, a few slice copies per span) and checked as
-        __getitem__ checks a sample. alloc(n) gives the batch's int64 buffer of n items (default: np.empty).
+        __getitem__ checks a sample. alloc(n) gives the batch's buffer of n int64 or int32 items (default: np.empty
+        int64).
         fields: the ones to build (check_fields); a trainer that reads only input_ids and labels moves a third
         fewer bytes. Every sample's records are checked whatever the fields; token blocks when tokens are read."""
         fields = check_fields(fields)

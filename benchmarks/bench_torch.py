@@ -192,7 +192,7 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
     item_rate = _rate(ds, order)
     unchecked_rate = _unchecked_rate(ds, order)
     item_rate = max(item_rate, _rate(ds, order))  # checked before and after unchecked: order does not favour one
-    ds.__getitems__(order[:batch])  # untimed: numba loads its compiled kernel on the first batch
+    ds.__getitems__(order[:batch])  # untimed warm-up: the first batch opens the partitions' token files
     batched_rate = max(_batched_rate(ds.__getitems__, order, batch) for _ in range(2))
     lean_rate = max(_batched_rate(lean.__getitems__, order, batch) for _ in range(2))
     emit(

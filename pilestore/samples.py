@@ -597,14 +597,17 @@ class SampleIndex:
         self, spans: np.ndarray, row: np.ndarray, at: np.ndarray, context: np.ndarray, target: np.ndarray, out: Any
     ) -> None:
         """Lay span k out at slot at[k] of sample row[k] (_fill_spans), after the checks read() makes: its tokens
-        lie in their partition's file and the blocks they lie in match their checksums."""
+        lie in their partition's file and the blocks they lie in match their checksums (when tokens are copied:
+        position_ids alone read none)."""
         part = np.searchsorted(self._doc_starts(), spans["doc"], side="right") - 1
         source = spans["offset"]
+        reads_tokens = "input_ids" in out or "labels" in out
         for p in np.unique(part).tolist():
             tokens = self.view.partition(p)
             mine = part == p
             begin = source[mine]
-            tokens.check_ranges(begin, begin + context[mine] + target[mine])
+            if reads_tokens:
+                tokens.check_ranges(begin, begin + context[mine] + target[mine])
             columns = (row[mine], at[mine], spans["eod"][mine], context[mine], target[mine], begin)
             _fill_spans(tokens.tokens, *(c.tolist() for c in columns), self.view.eod_id, out)
 

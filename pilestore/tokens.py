@@ -132,8 +132,9 @@ class PartitionTokens:
     def check_ranges(self, begin: np.ndarray, end: np.ndarray) -> None:
         """read()'s checks for many ranges tokens[begin[k]:end[k]] at once, each block hashed once."""
         outside = (begin < 0) | (begin > end) | (end > len(self.tokens))
-        for k in np.flatnonzero(outside)[:1].tolist():
-            self.check_range(int(begin[k]), int(end[k]))
+        if outside.any():
+            k = int(np.argmax(outside))
+            self.check_range(int(begin[k]), int(end[k]))  # raises, naming the first range outside
         some = end > begin
         size = self.tokens.itemsize
         first = begin[some] * size // BLOCK

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pilestore.windows import Spans, eval_view, train_view
+from pilestore.windows import Spans, eval_view, train_view, windows
 
 EOD = -1
 
@@ -134,7 +134,7 @@ def test_best_fit_fills_samples_as_best_fit_decreasing_does(lengths: list[int], 
     """Which of several equally full bins a piece goes to does not change the loads, so they must match exactly
     (first fit or next fit would not)."""
     seq_len, context = shape
-    pieces = train_view(np.array(lengths, dtype=np.int64), seq_len, context, "greedy")  # the same pieces, unpacked
+    pieces = windows(np.array(lengths, dtype=np.int64), seq_len, context, tails_keep_context=True)  # unpacked
     sizes = (pieces.eod.astype(np.int64) + pieces.context + pieces.target).tolist()
     packed = train_view(np.array(lengths, dtype=np.int64), seq_len, context, "bestfit")
     assert sorted(packed.sample_tokens().tolist()) == reference_best_fit_loads(sizes, seq_len + 1)

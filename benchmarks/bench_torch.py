@@ -305,9 +305,10 @@ def synthetic_store(work: Path, n: int) -> Path:
     total = SEQ_LEN + (n - 1) * pred  # every window full
     view = store_dir / "tokens" / "synthetic-000000000000"
     (view / "samples").mkdir(parents=True)
-    for suffix, itemsize in ((".tokens", 2), (".bytes", 4)):
+    for suffix, itemsize in ((".tokens", 2), (".lens", 1)):
         with open(view / f"p00000{suffix}", "wb") as fh:
             fh.truncate(total * itemsize)  # sparse: reads give zeros, nothing is stored
+    (view / "p00000.long").write_bytes(b"")
     full, tail = divmod(total * 2, BLOCK)  # block checksums of the all-zero token file
     sums = np.full(full + bool(tail), xxhash.xxh3_64_intdigest(bytes(BLOCK)), dtype="<u8")
     if tail:

@@ -31,7 +31,7 @@ from .ingest import _commit
 from .manifest import STAGING_DIR, read_or_empty, read_sealed, writer_lock
 from .shards import file_sha256
 from .store import Store
-from .tokens import TOKENS_DIR, VIEW_FILE
+from .tokens import FILES, TOKENS_DIR, VIEW_FILE
 
 ENTRY_KEYS_NOT_COPIED = ("id", "file", "index", "pilestore_version")
 
@@ -120,7 +120,7 @@ def _merge_view(name: str, added: list[tuple[Store, int, int]], merged: Store) -
         shutil.copyfile(any_source / "tokenizer.model", folder / "tokenizer.model")
     for store, p, new in added:
         src = source_folders[id(store)]
-        for ext in ("tokens", "bytes", "arrow", "sums", "done"):  # .done last: it says the rest is there
+        for ext in (*FILES, "done"):  # .done last: it says the rest is there
             _place(src / f"p{p:05d}.{ext}", folder / f"p{new:05d}.{ext}")
     result = tokenize(merged, folder / "tokenizer.model")  # every partition is done: writes view.json only
     view = TokenView(folder)

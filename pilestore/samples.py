@@ -15,8 +15,8 @@ rows:    span (fixed-size records, SPAN_RECORD): the spans in sample order; samp
 json:    shape, split, counts, and `subsets` (names, by id) with `subset_samples` (samples per subset id)
 
 n_bytes of a span: the UTF-8 bytes of the original text its target tokens cover, exactly: the tokenized view
-stores where each token ends in its document's text (tokenizer.py), so bytes(targets j..k) =
-end[k] - end[j - 1] (end[-1] = 0). Summed over all spans of a view, that is every byte of every document
+stores how many bytes of its document each token covers (token_bytes.py), so bytes(targets j..k) =
+lengths[j..k] summed. Summed over all spans of a view, that is every byte of every document
 that has tokens: bits per byte = sum(loss in nats) / ln(2) / sum(n_bytes).
 
 This module reads indexes (numpy and pyarrow only); windows.py builds them with numba.
@@ -112,19 +112,18 @@ def span_offsets(view: TokenView, doc: np.ndarray, start: np.ndarray) -> tuple[n
 
 
 def span_bytes(
-    view: TokenView, part: np.ndarray, offset: np.ndarray, start: np.ndarray, context: np.ndarray, target: np.ndarray
+    view: TokenView, part: np.ndarray, offset: np.ndarray, context: np.ndarray, target: np.ndarray
 ) -> np.ndarray:
     """Exact UTF-8 bytes covered by each span's target tokens (see the module docstring); part and offset as
-    span_offsets gives them. The byte offsets are read from the files in sorted chunks (TokenView.byte_ends_at),
-    not through a map: a build over many GB of them keeps its memory bounded."""
+    span_offsets gives them: the sums of the byte lengths before the first target and after the last, read
+    from the .lens files front to back in bounded chunks (TokenView.byte_sums), so a build over many GB of
+    them keeps its memory bounded."""
     out = np.zeros(len(part), dtype=np.int64)
     for p in range(view.num_partitions):
         mask = (part == p) & (target > 0)
         first = offset[mask] + context[mask]  # first target token in the partition file
-        last = first + target[mask] - 1
-        ends = view.byte_ends_at(p, np.concatenate((np.maximum(first - 1, 0), last))).astype(np.int64)
-        before, after = ends[: len(first)], ends[len(first) :]
-        out[mask] = after - np.where(start[mask] + context[mask] > 0, before, 0)
+        sums = view.byte_sums(p, np.concatenate((first, first + target[mask])))
+        out[mask] = sums[len(first) :] - sums[: len(first)]
     return out
 
 
@@ -285,7 +284,7 @@ def write_index(
     folder.mkdir(exist_ok=True)
     name, seq_len = shape.name, shape.seq_len
     span_part, span_offset = span_offsets(view, spans.doc, spans.start)
-    n_bytes = span_bytes(view, span_part, span_offset, spans.start, spans.context, spans.target)
+    n_bytes = span_bytes(view, span_part, span_offset, spans.context, spans.target)
     begin = spans.span_begin
     n_spans = np.diff(begin).astype(np.int32)
     by_sample = spans.order()

@@ -5,11 +5,12 @@
       tokenizer.model      a copy of the tokenizer that made the view
       p00000.tokens        token ids of partition 0, documents one after another (uint16 if the vocabulary
                            fits, else uint32: checked, never truncated)
-      p00000.bytes         uint32 per token: UTF-8 offset where the token ends in its document's text
+      p00000.lens          uint8 per token: the UTF-8 bytes of its document it covers (255: see .long)
+      p00000.long          int64 (position, length) pairs of the tokens of 255 bytes or more (token_bytes.py)
       p00000.arrow         per document: start (int64, first token in p00000.tokens), n_tokens, n_bytes
       p00000.sums          uint64 xxh3 of each 4 KiB block of p00000.tokens: every read checks the blocks it
                            touches, so a damaged token file gives an error, never other tokens
-      p00000.done          marker written after the four files: tokenizing is resumable per partition
+      p00000.done          marker written after the five files: tokenizing is resumable per partition
 
 A different tokenizer gives a different directory; tokenizing a store again does only partitions not yet done.
 """
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 from xxhash import xxh3_64_intdigest as _xxh3_64
 
+from . import token_bytes
 from .cluster import check_executor, run_tasks
 from .errors import PilestoreError
 from .manifest import now, read_sealed, write_sealed, writer_lock
@@ -39,6 +41,8 @@ TOKENS_DIR = "tokens"
 VIEW_FILE = "view.json"
 BATCH_DOCS = 512  # documents per encode call: sentencepiece spreads a batch over its threads
 BLOCK = 4096  # bytes of a token file per checksum (a page: a sample read hashes one to three of them)
+FILES = ("tokens", "lens", "long", "arrow", "sums")  # a partition's files; its .done marker comes after them
+OLDER = "tokenized by an older pilestore ({}); delete it and run `pilestore tokenize` again"
 
 
 class TokensError(PilestoreError):
@@ -74,35 +78,13 @@ def block_sums(path: Path, chunk: int = 4096 * BLOCK) -> np.ndarray:
     return np.array(sums, dtype=np.uint64)
 
 
-def read_at(path: Path, dtype: np.dtype, positions: np.ndarray, chunk: int = 1 << 24) -> np.ndarray:
-    """The file as an array of `dtype`, at `positions`: read in sorted chunks of at most `chunk` items with
-    pread, so memory stays bounded and the file is never mapped (mapped pages would count in the RSS)."""
-    order = np.argsort(positions, kind="stable")
-    wanted = positions[order]
-    out = np.empty(len(positions), dtype)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        i = 0
-        while i < len(wanted):
-            lo = int(wanted[i])
-            j = int(np.searchsorted(wanted, lo + chunk, side="left"))
-            count = int(wanted[j - 1]) - lo + 1
-            data = np.frombuffer(os.pread(fd, count * dtype.itemsize, lo * dtype.itemsize), dtype)
-            if len(data) != count:
-                raise TokenDamageError(f"{path}: shorter than its document table says; run `pilestore verify`")
-            out[order[i:j]] = data[wanted[i:j] - lo]
-            i = j
-    finally:
-        os.close(fd)
-    return out
-
-
 @dataclass(frozen=True, slots=True)
 class PartitionTokens:
     """One partition's token files, memory-mapped."""
 
     tokens: np.ndarray
-    byte_ends: np.ndarray
+    lengths: np.ndarray  # uint8 per token (token_bytes.py)
+    long: np.ndarray  # [n, 2] int64: (position, length) of the tokens of 255 bytes or more
     start: np.ndarray
     n_tokens: np.ndarray
     n_bytes: np.ndarray
@@ -113,6 +95,11 @@ class PartitionTokens:
     def raw(self) -> np.ndarray:
         """The token file's bytes."""
         return self.tokens.view(np.uint8)
+
+    def byte_ends(self, doc: int) -> np.ndarray:
+        """Where each token of document `doc` (local to the partition) ends in its UTF-8 text."""
+        begin = int(self.start[doc])
+        return token_bytes.ends(self.lengths[begin : begin + int(self.n_tokens[doc])], self.long, begin)
 
     def read(self, begin: int, end: int) -> np.ndarray:
         """tokens[begin:end] after checking the checksums of the blocks they lie in."""
@@ -168,14 +155,15 @@ def _write_partition(
     import xxhash
 
     stem = folder / f"p{p:05d}"
-    tmp = {ext: stem.with_suffix(f".{ext}.tmp") for ext in ("tokens", "bytes", "arrow", "sums")}
+    tmp = {ext: stem.with_suffix(f".{ext}.tmp") for ext in FILES}
     starts: list[int] = []
     counts_list: list[int] = []
     sizes: list[int] = []
     position = 0
-    hashes = {"tokens": hashlib.sha256(), "bytes": hashlib.sha256()}  # of what is written, as it is written
-    bytes_xxh3 = xxhash.xxh3_128()  # checked (quickly) before every index build reads the byte offsets
-    with open(tmp["tokens"], "wb") as tok_out, open(tmp["bytes"], "wb") as bytes_out:
+    hashes = {ext: hashlib.sha256() for ext in ("tokens", "lens", "long")}  # of what is written, as it is written
+    quick = {ext: xxhash.xxh3_128() for ext in ("lens", "long")}  # checked before every index build reads them
+    with open(tmp["tokens"], "wb") as tok_out, open(tmp["lens"], "wb") as lens_out, open(tmp["long"], "wb") as long_out:
+        outs = {"tokens": tok_out, "lens": lens_out, "long": long_out}
         batch: list[str] = []
 
         def flush() -> None:
@@ -183,12 +171,13 @@ def _write_partition(
             ids, ends, counts = tokenizer.encode_batch(batch, threads=threads)
             if len(ids) and ids.max() >= tokenizer.vocab_size:
                 raise TokensError(f"token id {ids.max()} outside the vocabulary of {tokenizer.vocab_size}")
-            if len(ends) and ends.max() >= 1 << 32:
-                raise TokensError("a document over 4 GiB cannot carry uint32 byte offsets")
-            for out, data in ((tok_out, ids.astype(dtype).tobytes()), (bytes_out, ends.astype(np.uint32).tobytes())):
-                out.write(data)
-                hashes["tokens" if out is tok_out else "bytes"].update(data)
-            bytes_xxh3.update(ends.astype(np.uint32).tobytes())
+            lengths, pairs = token_bytes.encode(ends, counts, position)
+            for ext, data in (("tokens", ids.astype(dtype)), ("lens", lengths), ("long", pairs)):
+                raw = data.tobytes()
+                outs[ext].write(raw)
+                hashes[ext].update(raw)
+                if ext in quick:
+                    quick[ext].update(raw)
             starts.extend((position + np.concatenate(([0], np.cumsum(counts)[:-1]))).tolist())
             counts_list.extend(counts.tolist())
             position += len(ids)
@@ -202,7 +191,7 @@ def _write_partition(
                 flush()
         if batch:
             flush()
-        for fh in (tok_out, bytes_out):
+        for fh in outs.values():
             fh.flush()
             os.fsync(fh.fileno())
     table = pa.table(
@@ -222,7 +211,8 @@ def _write_partition(
     sha256 = {ext: h.hexdigest() for ext, h in hashes.items()}
     sha256["arrow"] = file_sha256(tmp["arrow"])
     sha256["sums"] = file_sha256(tmp["sums"])
-    xxh3 = {"bytes": bytes_xxh3.hexdigest(), "arrow": xxhash.xxh3_128_hexdigest(tmp["arrow"].read_bytes())}
+    xxh3 = {ext: h.hexdigest() for ext, h in quick.items()}
+    xxh3["arrow"] = xxhash.xxh3_128_hexdigest(tmp["arrow"].read_bytes())
     for ext, path in tmp.items():
         os.replace(path, stem.with_suffix(f".{ext}"))
     done = {
@@ -273,11 +263,8 @@ def tokenize(
             marker = folder / f"p{p:05d}.done"
             if marker.exists():
                 found[p] = read_sealed(marker, f"delete it to tokenize partition {p} again")
-                if "sums" not in found[p].get("sha256", {}):
-                    raise TokensError(
-                        f"{folder}: tokenized by an older pilestore (no block checksums); delete it and run "
-                        "`pilestore tokenize` again"
-                    )
+                if not set(FILES) <= set(found[p].get("sha256", {})):
+                    raise TokensError(f"{folder}: " + OLDER.format(f"{marker.name} lists other files than {FILES}"))
                 on_docs(found[p]["documents"])
         todo = [p for p in range(store.num_partitions) if p not in found]
         if executor == "ray":
@@ -335,7 +322,7 @@ def subset_stats(store: Store, view: TokenView) -> dict[str, dict[str, float]]:
 
 
 class TokenView:
-    """A complete tokenized view, memory-mapped: per-partition token ids, byte ends and document table."""
+    """A complete tokenized view, memory-mapped: per-partition token ids, byte lengths and document table."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -358,27 +345,28 @@ class TokenView:
             from .index import map_columns
 
             stem = self.folder / f"p{p:05d}"
-            if not stem.with_suffix(".sums").exists():
-                raise TokensError(
-                    f"{self.folder}: tokenized by an older pilestore (no {stem.name}.sums block checksums); "
-                    "delete it and run `pilestore tokenize` again"
-                )
+            missing = [ext for ext in ("sums", "lens") if not stem.with_suffix(f".{ext}").exists()]
+            if missing:
+                raise TokensError(f"{self.folder}: " + OLDER.format(f"no {stem.name}.{missing[0]}"))
             columns = map_columns(stem.with_suffix(".arrow"), ["start", "n_tokens", "n_bytes"])
+            tokens = _random_memmap(stem.with_suffix(".tokens"), self.dtype)
             found = self._parts[p] = PartitionTokens(
-                tokens=_random_memmap(stem.with_suffix(".tokens"), self.dtype),
-                byte_ends=_random_memmap(stem.with_suffix(".bytes"), np.dtype(np.uint32)),
+                tokens=tokens,
+                lengths=_random_memmap(stem.with_suffix(".lens"), np.dtype(np.uint8)),
+                long=token_bytes.read_pairs(stem.with_suffix(".long"), len(tokens)),
                 **columns,
                 sums=_random_memmap(stem.with_suffix(".sums"), np.dtype("<u8")),
                 path=stem.with_suffix(".tokens"),
             )
         return found
 
-    def byte_ends_at(self, p: int, positions: np.ndarray) -> np.ndarray:
-        """Partition p's byte ends (uint32) at token `positions`, read without mapping the file."""
-        return read_at(self.folder / f"p{p:05d}.bytes", np.dtype(np.uint32), np.asarray(positions, np.int64))
+    def byte_sums(self, p: int, positions: np.ndarray) -> np.ndarray:
+        """For each position k of partition p's tokens, the bytes its tokens 0..k-1 cover (token_bytes.py): the
+        .lens file is read front to back in bounded chunks, never mapped."""
+        return token_bytes.prefix_sums(self.folder / f"p{p:05d}.lens", self.partition(p).long, positions)
 
     def check_build_inputs(self) -> None:
-        """Before an index build: the document tables and byte offsets it reads match their recorded xxh3."""
+        """Before an index build: the document tables and byte lengths it reads match their recorded xxh3."""
         import xxhash
 
         if self._inputs_checked:

@@ -16,6 +16,7 @@ from .errors import CorruptDocumentError, StoreFormatError
 from .manifest import read_sealed
 from .shards import file_sha256
 from .store import Store
+from .tokens import FILES, TOKENS_DIR
 
 
 @dataclass(slots=True)
@@ -95,7 +96,7 @@ def verify(store: Store, on_document: Callable[[int], None] = lambda n: None) ->
     for p in range(store.num_partitions):
         _check_files(store, p, report)
         _check_rows(store, p, report, on_document)
-    for view_file in sorted((store.path / "tokens").glob("*/view.json")):
+    for view_file in sorted((store.path / TOKENS_DIR).glob("*/view.json")):
         _check_view(view_file.parent, report)
     return report
 
@@ -126,7 +127,7 @@ def _check_view(folder: Path, report: VerifyReport) -> None:
         except (OSError, StoreFormatError) as err:
             report.problems.append(f"{done}: unreadable ({err})")
         recorded = entry.get("sha256", {})
-        for ext in ("tokens", "bytes", "arrow", "sums"):
+        for ext in FILES:
             _check_hash(folder / f"p{entry['partition']:05d}.{ext}", recorded.get(ext), report)
     for info_file in sorted((folder / "samples").glob("*.json")):
         try:

@@ -93,6 +93,6 @@ def test_tokenize_killed_at_random_points_reruns_to_the_same_token_files(
                 view = TokenView(found.parent)
                 for p in range(view.num_partitions):
                     part = view.partition(p)
-                    assert len(part.tokens) == len(part.byte_ends) == int(part.n_tokens.sum()), found
+                    assert len(part.tokens) == len(part.lengths) == int(part.n_tokens.sum()), found
         finish("tokenize", "--store", str(store), *args)
         assert token_files(store) == expected

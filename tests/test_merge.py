@@ -52,7 +52,7 @@ def test_merged_stores_equal_one_ingest_and_carry_their_token_views(
 
     name = report["views"][0]["view"]
     assert sorted(report["views"][0]["indexes"]) == ["eval-L64-C16-val0.2", "train-L64-C16-bestfit-train0.2"]
-    for ext in ("tokens", "bytes", "arrow"):
+    for ext in ("tokens", "lens", "long", "arrow"):
         for p in range(3):
             got = (merged / "tokens" / name / f"p{p:05d}.{ext}").read_bytes()
             assert got == (whole / "tokens" / name / f"p{p:05d}.{ext}").read_bytes()

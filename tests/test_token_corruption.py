@@ -68,7 +68,7 @@ def test_flipped_bytes_in_a_tokenized_view_give_clear_errors_or_unchanged_sample
     assert len(expected[False]) == 2 and all(len(v) > 100 for v in expected[False].values())
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.stat().st_size)
     kinds = {p.name.split(".", 1)[1] for p in files}
-    assert kinds >= {"tokens", "bytes", "arrow", "sums", "done", "json", "model", "rows.arrow", "samples.arrow"}
+    assert kinds >= {"tokens", "lens", "arrow", "sums", "done", "json", "model", "rows.arrow", "samples.arrow"}
     rng = random.Random(99)
     outcomes: dict[str, dict[str, int]] = {}
     for trial in range(TRIALS):

@@ -89,8 +89,43 @@ def test_token_files_hold_each_documents_encoding(view: TokenView, small_store: 
             ids, ends = tokenizer.encode([store[first + local].text])[0]
             begin = part.start[local]
             assert part.tokens[begin : begin + part.n_tokens[local]].tolist() == ids.tolist()
-            assert part.byte_ends[begin : begin + part.n_tokens[local]].tolist() == ends.tolist()
+            assert part.byte_ends(local).tolist() == ends.tolist()
         first += len(part.n_tokens)
+
+
+def test_tokens_of_hundreds_of_bytes_keep_their_exact_length(model: Path, tmp_path: Path) -> None:
+    """Whitespace runs and zero-width characters make tokens of 255+ bytes (stored apart, in .long): each
+    document's byte ends and every sample's byte count stay exact, across windows and partitions."""
+    from pilestore.indexes import build_indexes
+    from pilestore.ingest import ingest
+
+    texts = [
+        "word" + " " * 700 + "next",
+        "\u200b" * 300 + "x",
+        "plain text " * 40 + "\t" * 300 + "end",
+        "",
+        "short",
+        " " * 1000,
+    ]
+    lines = [json.dumps({"text": t, "meta": {"pile_set_name": "Pile-CC"}}) for t in texts]
+    for name, chunk in (("a.jsonl", lines[:3]), ("b.jsonl", lines[3:])):
+        (tmp_path / name).write_text("\n".join(chunk) + "\n")
+    ingest([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], tmp_path / "s.store")
+    store = pilestore.open(tmp_path / "s.store")
+    view = TokenView(Path(tokenize(store, model)["view"]))
+    tokenizer = Tokenizer(model)
+    assert len(view.partition(0).long) >= 3  # the long tokens went to the pairs
+    doc = 0
+    for p in range(view.num_partitions):
+        part = view.partition(p)
+        assert (part.lengths == 255).sum() == len(part.long)
+        for local in range(len(part.n_tokens)):
+            assert part.byte_ends(local).tolist() == tokenizer.encode([texts[doc]])[0][1].tolist()
+            doc += 1
+    covered = sum(len(t.encode()) for t in texts if len(tokenizer.encode([t])[0][0]))
+    for info in build_indexes(view, store, 16, 4, "bestfit"):
+        index = SampleIndex(view, info["name"])
+        assert sum(index[i].n_bytes for i in range(len(index))) == info["bytes"] == covered
 
 
 def test_tokenizing_again_only_redoes_missing_partitions(view: TokenView, small_store: Path, model: Path) -> None:
@@ -402,7 +437,7 @@ def test_a_killed_tokenize_resumes_to_identical_files(
     folder = next((store_dir / "tokens").iterdir())
     assert not (folder / "view.json").exists()  # no view that looks complete
     assert subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode == 0
-    for name in ("p00000.tokens", "p00000.bytes", "p00001.tokens", "p00001.bytes"):
+    for name in ("p00000.tokens", "p00000.lens", "p00001.tokens", "p00001.lens", "p00001.long"):
         assert (folder / name).read_bytes() == (view.folder / name).read_bytes()
     assert not list(folder.glob("*.tmp"))
 
@@ -466,22 +501,9 @@ def test_every_single_bit_flip_in_a_samples_records_fails_its_check() -> None:
                 assert not ok(i, *args), (i, which, bit)
 
 
-def test_read_at_gathers_from_a_file_in_bounded_chunks_and_names_a_short_file(tmp_path: Path) -> None:
-    from pilestore.tokens import TokenDamageError, read_at
-
-    values = np.random.default_rng(0).integers(0, 2**32, 50_000, dtype=np.uint32)
-    path = tmp_path / "p00000.bytes"
-    values.tofile(path)
-    positions = np.random.default_rng(1).integers(0, len(values), 3_000)
-    for chunk in (1, 777, 1 << 24):  # every chunk size gives the same values, in the order asked
-        assert np.array_equal(read_at(path, np.dtype(np.uint32), positions, chunk=chunk), values[positions])
-    path.write_bytes(path.read_bytes()[:40_000])  # cut short: the positions beyond are not there
-    with pytest.raises(TokenDamageError, match="p00000.bytes: shorter than its document table says"):
-        read_at(path, np.dtype(np.uint32), np.array([5, 49_999]))
-
-
-def test_a_view_from_before_block_checksums_is_refused_with_what_to_do(
-    small_store: Path, model: Path, tmp_path: Path
+@pytest.mark.parametrize("older", ["no block checksums", "uint32 byte ends"])
+def test_a_view_of_an_older_format_is_refused_with_what_to_do(
+    small_store: Path, model: Path, tmp_path: Path, older: str
 ) -> None:
     import shutil
 
@@ -491,11 +513,15 @@ def test_a_view_from_before_block_checksums_is_refused_with_what_to_do(
     store_dir = tmp_path / "old.store"
     shutil.copytree(small_store, store_dir, ignore=shutil.ignore_patterns("tokens"))
     folder = Path(tokenize(pilestore.open(store_dir), model)["view"])
-    (folder / "p00000.sums").unlink()  # as an older pilestore left it
+    if older == "no block checksums":
+        (folder / "p00000.sums").unlink()  # as an older pilestore left it
+    else:  # the first format: uint32 ends in .bytes, no .lens/.long
+        (folder / "p00000.lens").rename(folder / "p00000.bytes")
+        (folder / "p00000.long").unlink()
     with pytest.raises(TokensError, match="older pilestore .*delete it and run `pilestore tokenize` again"):
         TokenView(folder).partition(0)
     done = read_sealed(folder / "p00001.done", "")
-    del done["sha256"]["sums"]
+    del done["sha256"]["sums" if older == "no block checksums" else "lens"]
     write_sealed(folder / "p00001.done", done)
     with pytest.raises(TokensError, match="older pilestore"):
         tokenize(pilestore.open(store_dir), model)

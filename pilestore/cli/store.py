@@ -216,7 +216,7 @@ def info(store_dir: Path, json_output: bool) -> None:
 def verify(store_dir: Path, json_output: bool, quiet: bool) -> None:
     """Check every file hash and decompress every document against its checksum.
 
-    Tokenized views are checked too: token ids, byte offsets, document tables and sample indexes against the
+    Tokenized views are checked too: token ids, byte lengths, document tables and sample indexes against the
     sha256 recorded when they were written.
 
     Exits 1 and names each corrupt file and document if anything is wrong.

@@ -21,12 +21,15 @@ Within a sample, spans come in the order they were placed.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
 PACKINGS = ("bestfit", "greedy")
+PARALLEL_DOCS = 1 << 18  # from this many documents (pieces) on, windows (sorting) use all of numba's threads
+_POOL = threading.Lock()  # numba's default thread pool (workqueue) must not be entered by two threads at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +81,13 @@ def _count_windows(lengths, seq_len, context):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _windows(lengths, seq_len, context, tails_keep_context, doc, eod, start, ctx, tgt):  # pragma: no cover
-    """Fill one span per window; tails_keep_context: the last partial window keeps C context (train view)."""
+def _windows_range(
+    lengths, first_doc, end_doc, k, seq_len, context, tails_keep_context, doc, eod, start, ctx, tgt
+):  # pragma: no cover
+    """Fill one span per window of documents first_doc..end_doc - 1, from span k on; tails_keep_context: the
+    last partial window keeps C context (train view). Returns the span after the last one filled."""
     pred = seq_len - context + 1
-    k = 0
-    for d in range(len(lengths)):
+    for d in range(first_doc, end_doc):
         n = lengths[d]
         if n == 0:
             continue
@@ -100,15 +105,53 @@ def _windows(lengths, seq_len, context, tails_keep_context, doc, eod, start, ctx
     return k
 
 
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _count_chunks(lengths, seq_len, context, bounds):  # pragma: no cover - compiled
+    """Windows of the documents bounds[c]..bounds[c + 1] - 1, for each chunk c, chunks on numba's threads."""
+    counts = np.zeros(len(bounds) - 1, np.int64)
+    for c in numba.prange(len(bounds) - 1):
+        counts[c] = _count_windows(lengths[bounds[c] : bounds[c + 1]], seq_len, context)
+    return counts
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _windows_chunks(lengths, seq_len, context, tails, bounds, offsets, doc, eod, start, ctx, tgt):  # pragma: no cover
+    """_windows for each chunk of documents (bounds), its spans from offsets[c] on, chunks on numba's threads."""
+    for c in numba.prange(len(bounds) - 1):
+        _windows_range(
+            lengths, bounds[c], bounds[c + 1], offsets[c], seq_len, context, tails, doc, eod, start, ctx, tgt
+        )
+
+
+@numba.njit(cache=True, nogil=True)
+def _windows(lengths, seq_len, context, tails_keep_context, doc, eod, start, ctx, tgt):  # pragma: no cover
+    return _windows_range(lengths, 0, len(lengths), 0, seq_len, context, tails_keep_context, doc, eod, start, ctx, tgt)
+
+
+def _chunks(n: int) -> np.ndarray:
+    """Bounds of the chunks that split n items between numba's threads (one chunk below PARALLEL_DOCS)."""
+    return np.linspace(0, n, numba.get_num_threads() * 8 + 1 if n >= PARALLEL_DOCS else 2).astype(np.int64)
+
+
 def windows(n_tokens: np.ndarray, seq_len: int, context: int, *, tails_keep_context: bool) -> Spans:
-    """One span per window of every document (one sample per span)."""
+    """One span per window of every document (one sample per span); many documents are split between
+    numba's threads, each filling its own part of the arrays."""
     lengths = _check(n_tokens, seq_len, context)
-    total = _count_windows(lengths, seq_len, context)
-    doc, start = np.empty(total, np.int64), np.empty(total, np.int64)
-    eod = np.empty(total, np.uint8)
-    ctx, tgt = np.empty(total, np.int32), np.empty(total, np.int32)
-    filled = _windows(lengths, seq_len, context, int(tails_keep_context), doc, eod, start, ctx, tgt)
-    assert filled == total  # noqa: S101 - kernel and counter agree by construction
+    bounds = _chunks(len(lengths))
+    with _POOL:
+        counts = _count_chunks(lengths, seq_len, context, bounds) if len(bounds) > 2 else None
+        offsets = np.concatenate(([0], np.cumsum(counts))) if counts is not None else None
+        total = int(offsets[-1]) if offsets is not None else _count_windows(lengths, seq_len, context)
+        doc, start = np.empty(total, np.int64), np.empty(total, np.int64)
+        eod = np.empty(total, np.uint8)
+        ctx, tgt = np.empty(total, np.int32), np.empty(total, np.int32)
+        if offsets is not None:
+            _windows_chunks(
+                lengths, seq_len, context, int(tails_keep_context), bounds, offsets, doc, eod, start, ctx, tgt
+            )
+        else:
+            filled = _windows(lengths, seq_len, context, int(tails_keep_context), doc, eod, start, ctx, tgt)
+            assert filled == total  # noqa: S101 - kernel and counter agree by construction
     return Spans(doc, eod, start, ctx, tgt, np.arange(total + 1, dtype=np.int64))
 
 
@@ -203,41 +246,39 @@ def _first_at_least(bits, s):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_fit(sizes, capacity):  # pragma: no cover - compiled
-    """Bin of each piece, taken in the given order (largest first), placed into the open bin with the least
-    room that still fits it. Pieces come pre-sorted: reading them in memory order is 4x faster. Open bins
-    sit on one stack per remaining room (a bin's room is the stack it is taken from: no per-bin room array);
-    a bitset marks the rooms whose stack is not empty. next_bin[b] is read only after b was pushed, so it needs
-    no initialising pass over an array of the pieces' size (that pass and the room array cost 6x the time)."""
+def _best_fit(count, capacity, next_bin, bin_of):  # pragma: no cover - compiled
+    """Bin of each piece, taken largest first (count[v] pieces of size capacity - v, v = 1, 2, ..., as
+    _largest_first sorted them: reading sizes as runs needs no array of them), each placed into the open bin
+    with the least room that still fits it. Open bins sit on one stack per remaining room (a bin's room is the
+    stack it is taken from: no per-bin room array); a bitset marks the rooms whose stack is not empty.
+    next_bin[b] is read only after b was pushed, so it needs no initialising pass over an array of the
+    pieces' size (that pass and the room array cost 6x the time). Fills bin_of; returns the number of bins."""
     bits = np.zeros((capacity >> 6) + 1, np.uint64)
     head = np.full(capacity + 1, -1, np.int64)
-    next_bin = np.empty(len(sizes), np.int64)
-    bin_of = np.empty(len(sizes), np.int64)
     n_bins = 0
     one = np.uint64(1)
-    for piece in range(len(sizes)):
-        s = sizes[piece]
-        if s == capacity:  # a full window fills a sample alone: no search
-            bin_of[piece] = n_bins
-            n_bins += 1
-            continue
-        c = _first_at_least(bits, s)
-        if c >= 0:
-            b = head[c]
-            head[c] = next_bin[b]
-            if head[c] < 0:
-                bits[c >> 6] &= ~(one << np.uint64(c & 63))
-        else:
-            b = n_bins
-            n_bins += 1
-            c = capacity
-        bin_of[piece] = b
-        r = c - s
-        if r > 0:
-            next_bin[b] = head[r]
-            head[r] = b
-            bits[r >> 6] |= one << np.uint64(r & 63)
-    return bin_of, n_bins
+    piece = 0
+    for v in range(1, capacity):
+        s = capacity - v
+        for _ in range(count[v]):
+            c = _first_at_least(bits, s)
+            if c >= 0:
+                b = head[c]
+                head[c] = next_bin[b]
+                if head[c] < 0:
+                    bits[c >> 6] &= ~(one << np.uint64(c & 63))
+            else:
+                b = n_bins
+                n_bins += 1
+                c = capacity
+            bin_of[piece] = b
+            piece += 1
+            r = c - s
+            if r > 0:
+                next_bin[b] = head[r]
+                head[r] = b
+                bits[r >> 6] |= one << np.uint64(r & 63)
+    return n_bins
 
 
 @numba.njit(cache=True, nogil=True)
@@ -254,41 +295,65 @@ def _next_fit(sizes, capacity):  # pragma: no cover - compiled
     return bin_of, b + 1
 
 
-@numba.njit(cache=True, nogil=True)
-def _largest_first(sizes, capacity):  # pragma: no cover - compiled
-    """Stable order of pieces by size, largest first, and the sizes in that order: a counting sort (sizes are
-    1..capacity)."""
-    count = np.zeros(capacity + 2, np.int64)
-    for s in sizes:
-        count[capacity - s] += 1
-    at = np.zeros(capacity + 2, np.int64)
-    for v in range(1, capacity + 2):
-        at[v] = at[v - 1] + count[v - 1]
-    order = np.empty(len(sizes), np.int64)
-    ordered = np.empty(len(sizes), np.int64)
-    for i in range(len(sizes)):
-        v = capacity - sizes[i]
-        order[at[v]] = i
-        ordered[at[v]] = sizes[i]
-        at[v] += 1
-    return order, ordered
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _size_counts(eod, context, target, capacity, bounds):  # pragma: no cover - compiled
+    """counts[c, capacity - size]: how many pieces of each size chunk c (pieces bounds[c]..bounds[c + 1] - 1)
+    holds; [c, 0]: its full windows. Chunks on numba's threads."""
+    counts = np.zeros((len(bounds) - 1, capacity + 1), np.int64)
+    for c in numba.prange(len(bounds) - 1):
+        for i in range(bounds[c], bounds[c + 1]):
+            counts[c, capacity - (eod[i] + context[i] + target[i])] += 1
+    return counts
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _largest_first(eod, context, target, capacity, bounds, counts, by_sample, order):  # pragma: no cover
+    """by_sample[:n_full]: the pieces that fill a sample alone (full windows, one sample each), in document
+    order; `order`: the others, stable-sorted by size, largest first (a counting sort: sizes are 1..capacity;
+    each chunk of pieces writes its own slots of every size, chunks on numba's threads). Full windows, about
+    half the pieces of a Pile-like corpus, are neither sorted nor searched: best-fit decreasing would place
+    each one first, alone."""
+    n_chunks = len(bounds) - 1
+    at = np.empty_like(counts)
+    full = 0
+    ordered = 0
+    for c in range(n_chunks):
+        at[c, 0] = full
+        full += counts[c, 0]
+    for v in range(1, capacity + 1):
+        for c in range(n_chunks):
+            at[c, v] = ordered
+            ordered += counts[c, v]
+    for c in numba.prange(n_chunks):
+        for i in range(bounds[c], bounds[c + 1]):
+            v = capacity - (eod[i] + context[i] + target[i])
+            if v == 0:
+                by_sample[at[c, 0]] = i
+            else:
+                order[at[c, v]] = i
+            at[c, v] += 1
 
 
 @numba.njit(cache=True, nogil=True)
-def _group_by_bin(order, bin_of, n_bins):  # pragma: no cover - compiled
-    """Span indices grouped by sample (placement order within a sample) and where each sample begins.
-    Piece k of the placement order is span order[k] and went into sample bin_of[k]."""
-    begin = np.zeros(n_bins + 1, np.int64)
+def _group_by_bin(order, bin_of, by_sample, begin):  # pragma: no cover - compiled
+    """Completes by_sample and begin: after the n_full full windows (one sample each, by_sample[:n_full]
+    already set), the other pieces grouped by bin, in placement order within a bin (piece k of the placement
+    order is span order[k] and went into bin bin_of[k])."""
+    n_full = len(by_sample) - len(order)
+    for b in range(n_full + 1):
+        begin[b] = b
+    begin[n_full + 1 :] = 0
     for b in bin_of:
-        begin[b + 1] += 1
-    for b in range(n_bins):
-        begin[b + 1] += begin[b]
-    at = begin[:-1].copy()
-    by_sample = np.empty(len(bin_of), np.int64)
+        begin[n_full + b + 1] += 1
+    for b in range(n_full + 1, len(begin)):
+        begin[b] += begin[b - 1]
+    at = begin[n_full:]  # where each bin's next piece goes; afterwards begin is shifted, then restored
     for k in range(len(bin_of)):
         by_sample[at[bin_of[k]]] = order[k]
         at[bin_of[k]] += 1
-    return by_sample, begin
+    for b in range(len(begin) - 1, n_full, -1):
+        begin[b] = begin[b - 1]
+    begin[n_full] = n_full
 
 
 def train_view(n_tokens: np.ndarray, seq_len: int, context: int, packing: str = "bestfit") -> Spans:
@@ -296,13 +361,23 @@ def train_view(n_tokens: np.ndarray, seq_len: int, context: int, packing: str = 
     if packing not in PACKINGS:
         raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
     pieces = windows(n_tokens, seq_len, context, tails_keep_context=True)
-    sizes = pieces.eod.astype(np.int64) + pieces.context + pieces.target
     if packing == "bestfit":
-        order, ordered = _largest_first(sizes, seq_len + 1)  # ties keep document order
-        bin_of, n_bins = _best_fit(ordered, seq_len + 1)
-        by_sample, begin = _group_by_bin(order, bin_of, n_bins)
+        # outputs are allocated here: numpy's large arrays get huge pages, numba's do not (3x slower first touch)
+        n, capacity = len(pieces.doc), seq_len + 1
+        bounds = _chunks(n)
+        with _POOL:
+            counts = _size_counts(pieces.eod, pieces.context, pieces.target, capacity, bounds)
+            count = counts.sum(axis=0)
+            n_full = int(count[0])
+            by_sample, order = np.empty(n, np.int64), np.empty(n - n_full, np.int64)
+            _largest_first(pieces.eod, pieces.context, pieces.target, capacity, bounds, counts, by_sample, order)
+        bin_of = np.empty(n - n_full, np.int64)
+        n_bins = _best_fit(count, capacity, np.empty(n - n_full, np.int64), bin_of)  # ties keep document order
+        begin = np.empty(n_full + n_bins + 1, np.int64)
+        _group_by_bin(order, bin_of, by_sample, begin)
         return Spans(pieces.doc, pieces.eod, pieces.start, pieces.context, pieces.target, begin, by_sample)
     # next-fit keeps document order: the spans are already grouped by sample
+    sizes = pieces.eod.astype(np.int64) + pieces.context + pieces.target
     bin_of, n_bins = _next_fit(sizes, seq_len + 1)
     begin = np.zeros(n_bins + 1, dtype=np.int64)
     np.cumsum(np.bincount(bin_of, minlength=n_bins), out=begin[1:])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pilestore.windows as W
 from pilestore.windows import Spans, eval_view, train_view, windows
 
 EOD = -1
@@ -147,6 +150,40 @@ def test_best_fit_wastes_no_more_than_greedy_on_real_shaped_lengths() -> None:
         spans = train_view(lengths, 2048, 512, packing)
         padding[packing] = int(spans.num_samples * 2049 - spans.sample_tokens().sum())
     assert padding["bestfit"] < padding["greedy"]
+
+
+@contextlib.contextmanager
+def parallel_from(docs: int):
+    """Split documents between numba's threads from `docs` documents on (the default: PARALLEL_DOCS)."""
+    saved = W.PARALLEL_DOCS
+    W.PARALLEL_DOCS = docs
+    try:
+        yield
+    finally:
+        W.PARALLEL_DOCS = saved
+
+
+@settings(deadline=None, max_examples=100)
+@given(doc_lengths, shapes, st.booleans())
+def test_windows_split_between_threads_equal_those_of_one_thread(
+    lengths: list[int], shape: tuple[int, int], tails: bool
+) -> None:
+    n = np.array(lengths, dtype=np.int64)
+    with parallel_from(1 << 62):
+        one = windows(n, *shape, tails_keep_context=tails)
+    with parallel_from(0):
+        split = windows(n, *shape, tails_keep_context=tails)
+    for name in ("doc", "eod", "start", "context", "target", "span_begin"):
+        assert np.array_equal(getattr(one, name), getattr(split, name)), name
+
+
+def test_a_large_view_built_on_threads_equals_the_one_thread_build() -> None:
+    lengths = np.random.default_rng(2).lognormal(6.5, 1.6, W.PARALLEL_DOCS + 1000).astype(np.int64)
+    with parallel_from(1 << 62):
+        one = train_view(lengths, 2048, 512)
+    split = train_view(lengths, 2048, 512)  # the default: this many documents are split between threads
+    for name in ("doc", "eod", "start", "context", "target", "span_begin", "by_sample"):
+        assert np.array_equal(getattr(one, name), getattr(split, name)), name
 
 
 def test_views_are_deterministic() -> None:

@@ -166,6 +166,38 @@ def bench_index(view: TokenView, docs: int, rounds: int) -> None:
             output_mb=round(out_bytes / 1e6),
             first_touch_of_output_s=round(touch, 3),
         )
+    bench_phases(big, rounds)
+
+
+def bench_phases(lengths: np.ndarray, rounds: int) -> None:
+    """Each kernel of the best-fit train view timed alone (median of `rounds`): where its time goes."""
+    from pilestore import windows as w
+
+    capacity = 2048 + 1
+    timings: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        started = time.perf_counter()
+        pieces = w.windows(lengths, 2048, 512, tails_keep_context=True)
+        marks = [("windows", time.perf_counter())]
+        n, bounds = len(pieces.doc), w._chunks(len(pieces.doc))
+        counts = w._size_counts(pieces.eod, pieces.context, pieces.target, capacity, bounds)
+        count = counts.sum(axis=0)
+        n_full = int(count[0])
+        marks.append(("size_counts", time.perf_counter()))
+        by_sample, order = np.empty(n, np.int64), np.empty(n - n_full, np.int64)
+        w._largest_first(pieces.eod, pieces.context, pieces.target, capacity, bounds, counts, by_sample, order)
+        marks.append(("counting_sort", time.perf_counter()))
+        bin_of = np.empty(n - n_full, np.int64)
+        n_bins = w._best_fit(count, capacity, np.empty(n - n_full, np.int64), bin_of)
+        marks.append(("best_fit_search", time.perf_counter()))
+        w._group_by_bin(order, bin_of, by_sample, np.empty(n_full + n_bins + 1, np.int64))
+        marks.append(("group_by_sample", time.perf_counter()))
+        for name, at in marks:
+            timings.setdefault(name, []).append(at - started)
+            started = at
+        del pieces, by_sample, order, bin_of
+    phases = {name: round(float(np.median(t)), 3) for name, t in timings.items()}
+    emit("index_phases", kind="train", docs=len(lengths), rounds=rounds, median_s=phases, total_s=sum(phases.values()))
 
 
 def _count(lengths: np.ndarray, kind: str) -> int:

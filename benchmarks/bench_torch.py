@@ -11,7 +11,9 @@ loader       samples/s and tokens/s at seq_len 2048, shuffled, from a DataLoader
              DataLoader reading the same number of 2049-token windows at random offsets of a plain np.memmap of
              the same token file (the nanoGPT / Megatron way), item by item and a batch at a time; and
              pilestore item by item (without __getitems__, as before it had one); and pilestore lean: only
-             input_ids and labels (fields=...), in int64 and in int32. With CUDA: also batches copied to the GPU.
+             input_ids and labels (fields=...), in int64 and in int32; and
+             pilestore's batches sent through shared memory, as before 2026-11-23 (*_shared_memory).
+             With CUDA: also batches copied to the GPU.
 memory       resident memory of a DataLoader worker after 20k random samples, for a 10M- and a 100M-sample
              index (synthetic: one long document, the real index format, sparse token files)
              and, in a fresh process, the time to open PileDataset and ds[i] latency at each size
@@ -114,6 +116,30 @@ class PerItem:
 
     def __getitem__(self, i: int) -> dict:
         return self.ds[i]
+
+
+class SharedMemoryBatches(PerItem):
+    """pilestore's batched reads as they were before 2026-11-23: each batch in a new shared-memory segment (as
+    torch's default_collate does), which torch hands to the trainer as a file descriptor; pilestore's own
+    batches now pickle as one array copied through the worker's pipe."""
+
+    def __getitems__(self, positions: list[int]):  # noqa: ANN204
+        import torch
+
+        from pilestore.samples import RAGGED, batch_layout, carve
+        from pilestore.torch import Batch, Fields
+
+        ds, holder = self.ds, []
+
+        def alloc(size: int) -> np.ndarray:
+            storage = torch.empty(0, dtype=ds.dtype)._typed_storage()._new_shared(size)
+            holder.append(torch.empty(0, dtype=ds.dtype).new(storage))
+            return holder[0].numpy()
+
+        arrays = ds.index.gather(ds.sample_ids(positions), alloc, ds.fields)
+        ragged = {key: len(arrays[key]) for key in RAGGED if key in arrays}
+        _, layout = batch_layout(len(positions), ds.index.seq_len, ragged, ds.fields)
+        return Batch(Fields(carve(holder[0], layout)))  # a plain Fields: pickled by torch's shared-memory reductions
 
 
 def rate(loader, batches: int, device: str | None = None) -> tuple[float, int]:  # noqa: ANN001
@@ -229,6 +255,8 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
                 "pilestore_per_item": (PerItem(ds), repeat, collate),
                 "memmap": (MemmapWindows(part, ds._view.dtype.name, n), None, None),
                 "memmap_batched": (MemmapBatches(part, ds._view.dtype.name, n), None, passthrough),
+                "pilestore_shared_memory": (SharedMemoryBatches(ds), repeat, collate),
+                "pilestore_lean_int32_shared_memory": (SharedMemoryBatches(lean32), repeat, collate),
             }
             runs: dict[str, list[float]] = {name: [] for name in loaders}
             targets = 0
@@ -252,6 +280,12 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
                 pilestore_lean_int32_samples_per_s=round(median["pilestore_lean_int32"]),
                 lean_int32_tokens_per_s=round(median["pilestore_lean_int32"] * SEQ_LEN),
                 lean_int32_ratio_to_batched=round(median["pilestore_lean_int32"] / median["memmap_batched"], 3),
+                shared_memory_pilestore_samples_per_s=round(median["pilestore_shared_memory"]),
+                shared_memory_lean_int32_samples_per_s=round(median["pilestore_lean_int32_shared_memory"]),
+                pipe_vs_shared_memory=round(median["pilestore"] / median["pilestore_shared_memory"], 3),
+                lean_int32_pipe_vs_shared_memory=round(
+                    median["pilestore_lean_int32"] / median["pilestore_lean_int32_shared_memory"], 3
+                ),
                 memmap_samples_per_s=round(median["memmap"]),
                 memmap_batched_samples_per_s=round(median["memmap_batched"]),
                 ratio=round(median["pilestore"] / median["memmap"], 3),

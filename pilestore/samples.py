@@ -64,7 +64,7 @@ _SPAN_MULT = _MULTIPLIERS[_SAMPLE_WORDS:]
 _MAX_SPANS_TILED = 1 << 12
 _SPAN_MULT_TILED = np.tile(_SPAN_MULT, _MAX_SPANS_TILED)
 # A batch as pilestore.torch.collate and SampleIndex.gather lay it out: every field a view of one buffer,
-# in this order (one buffer: a batch crosses from a DataLoader worker as one shared-memory segment).
+# in this order (one buffer: a batch leaves a DataLoader worker as one array, pilestore.torch._packed).
 FIXED = ("input_ids", "labels", "position_ids")  # [B, seq_len] each
 SCALARS = ("n_bytes", "sample")  # [B]
 RAGGED = ("doc_lengths", "span_bytes", "subset")  # concatenated, then <key>_offsets [B + 1]

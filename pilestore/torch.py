@@ -312,24 +312,34 @@ class PileDataset(torch.utils.data.Dataset):
         arrays = self.index.gather(self.sample_ids(positions), alloc, self.fields)  # views of holder[0]
         ragged = {key: len(arrays[key]) for key in RAGGED if key in arrays}
         _, layout = batch_layout(len(positions), self.index.seq_len, ragged, self.fields)
-        return Batch(Fields(carve(holder[0], layout)))
+        return Batch(_packed(holder[0], layout))
 
 
 def _new_buffer(size: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
-    """A buffer for a batch: in shared memory inside a DataLoader worker (as default_collate does), so
-    the batch crosses to the trainer as one segment and one file descriptor, not one per field."""
-    if torch.utils.data.get_worker_info() is not None:
-        storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(size)
-        return torch.empty(0, dtype=dtype).new(storage)
+    """A buffer for a batch, all its fields views of it (see _packed)."""
     return torch.empty(size, dtype=dtype)
+
+
+def _packed(buffer: torch.Tensor, layout: dict[str, tuple[int, tuple[int, ...]]]) -> Fields:
+    """The fields of a batch_layout as views of `buffer`, remembering both: pickled (as a DataLoader worker
+    sends a batch to the trainer), such a batch travels as one array copied through the worker's pipe instead
+    of a shared-memory segment created, mapped and handed over per batch. On this project's VM that moved
+    1.6-1.9x the lean batches through one worker (benchmarks.md, "How a batch leaves a worker")."""
+    fields = Fields(carve(buffer, layout))
+    fields._buffer, fields._layout = buffer, layout
+    return fields
+
+
+def _unpacked(array: np.ndarray, layout: dict[str, tuple[int, tuple[int, ...]]]) -> Fields:
+    return _packed(torch.from_numpy(array if array.flags.writeable else array.copy()), layout)
 
 
 def collate(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack fixed-length fields; concatenate per-span fields with `*_offsets` saying where each sample's begin.
 
-    Every field is a view of one buffer of the samples' dtype (pilestore.samples.batch_layout), in shared memory
-    inside a DataLoader worker (2,061 -> 4,808 samples/s with one worker, benchmarks/bench_torch.py). A Batch (what
-    PileDataset.__getitems__ gives a DataLoader) is already collated and is returned as it is."""
+    Every field is a view of one buffer of the samples' dtype (pilestore.samples.batch_layout), which a
+    DataLoader worker sends to the trainer as one array (_packed). A Batch (what PileDataset.__getitems__ gives
+    a DataLoader) is already collated and is returned as it is."""
     if isinstance(batch, Batch):
         return batch.collated
     b = len(batch)
@@ -337,7 +347,7 @@ def collate(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
     t = next((len(batch[0][key]) for key in FIXED if key in fields), 0) if b else 0
     lengths = {key: [len(item[key]) for item in batch] for key in RAGGED if key in fields}
     size, layout = batch_layout(b, t, {key: sum(values) for key, values in lengths.items()}, fields)
-    out = Fields(carve(_new_buffer(size, batch[0][fields[0]].dtype if b else torch.int64), layout))
+    out = _packed(_new_buffer(size, batch[0][fields[0]].dtype if b else torch.int64), layout)
     for key in (key for key in (*FIXED, *SCALARS) if key in fields):
         torch.stack([item[key] for item in batch], out=out[key])
     for key in lengths:
@@ -349,6 +359,26 @@ def collate(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
 class Fields(dict):
     """A sample's or a batch's tensors by name (a dict); asking for a field the dataset was not built with says
     how to get it instead of a bare KeyError."""
+
+    _buffer: torch.Tensor | None = None  # set by _packed: every field is a view of this buffer, as _layout says
+    _layout: dict[str, tuple[int, tuple[int, ...]]] | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A batch whose fields are still exactly the views of its buffer pickles as that one array (by value);
+        any other (a field replaced, added or removed since) as a plain dict of tensors."""
+        if self._buffer is not None and self._layout is not None and self._is_packed():
+            return (_unpacked, (self._buffer.numpy(), self._layout))
+        return (Fields, (dict(self),))
+
+    def _is_packed(self) -> bool:
+        base, size = self._buffer.data_ptr(), self._buffer.element_size()
+        return self.keys() == self._layout.keys() and all(
+            isinstance(value, torch.Tensor)
+            and value.data_ptr() == base + at * size
+            and tuple(value.shape) == shape
+            and value.dtype == self._buffer.dtype
+            for (at, shape), value in zip(self._layout.values(), (self[key] for key in self._layout), strict=True)
+        )
 
     def __missing__(self, key: str) -> torch.Tensor:
         raise KeyError(

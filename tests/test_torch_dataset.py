@@ -61,6 +61,7 @@ def test_dataloader_workers_return_the_same_batches(dataset_store: pilestore.Sto
         serial = collate([ds[i] for i in order[4 * k : 4 * k + 4]])
         for key in ("input_ids", "labels", "n_bytes", "doc_lengths_offsets", "span_bytes", "subset", "sample"):
             assert torch.equal(batch[key], serial[key])
+            assert not batch[key].is_shared()  # came through the pipe as one array, not a shared-memory segment
         total_targets += int((batch["labels"] != IGNORE).sum())
         count += 1
     assert count == -(-len(order) // 4) and total_targets > 0
@@ -130,6 +131,39 @@ def test_selected_fields_are_those_of_the_full_samples_in_a_smaller_buffer(
         )
         with pytest.raises(KeyError, match="fields="):
             batch[missing]
+
+
+def test_a_batch_pickles_as_its_one_buffer_unless_its_fields_changed(
+    dataset_store: pilestore.Store, model: Path
+) -> None:
+    """What a worker sends: a batch as read is one array by value (no file descriptor, no shared memory); a
+    batch whose fields a collate_fn replaced, added or removed is sent as those fields, never the stale buffer."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's reductions with ForkingPickler)
+
+    ds = PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=model)
+    batch = collate(ds.__getitems__(list(range(8))))
+    data = bytes(ForkingPickler.dumps(batch))
+    buffer_bytes = batch["input_ids"].untyped_storage().nbytes()
+    assert buffer_bytes < len(data) < buffer_bytes + 4096  # the whole buffer, once
+    back = pickle.loads(data)
+    assert back.keys() == batch.keys() and all(torch.equal(back[k], batch[k]) for k in batch)
+    assert back["labels"].untyped_storage().data_ptr() == back["input_ids"].untyped_storage().data_ptr()
+    back["labels"][0, 0] = 7  # still writable views of one buffer, and still sent as one
+    assert pickle.loads(ForkingPickler.dumps(back))["labels"][0, 0] == 7
+    changed = {
+        "replaced": lambda f: f.__setitem__("labels", f["labels"].clone().fill_(5)),
+        "added": lambda f: f.__setitem__("extra", torch.arange(3)),
+        "removed": lambda f: f.pop("position_ids"),
+        "resliced": lambda f: f.__setitem__("input_ids", f["input_ids"][:, :10]),
+    }
+    for name, change in changed.items():
+        fields = collate(ds.__getitems__(list(range(8))))
+        change(fields)
+        got = pickle.loads(ForkingPickler.dumps(fields))
+        assert got.keys() == fields.keys() and all(torch.equal(got[k], fields[k]) for k in fields), name
 
 
 def test_int32_samples_hold_the_int64_values_in_half_the_bytes(dataset_store: pilestore.Store, model: Path) -> None:

@@ -54,7 +54,7 @@ def exact(lengths: np.ndarray, pairs: np.ndarray, first: int) -> np.ndarray:
     return out
 
 
-def ends(lengths: np.ndarray, pairs: np.ndarray, first: int) -> np.ndarray:
+def byte_ends(lengths: np.ndarray, pairs: np.ndarray, first: int) -> np.ndarray:
     """The byte ends of one document's tokens, whose length bytes are `lengths`, its first token at `first`."""
     return np.cumsum(exact(lengths, pairs, first))
 
@@ -71,7 +71,7 @@ def read_pairs(path: Path, tokens: int) -> np.ndarray:
         positions[0] < 0 or positions[-1] >= tokens or (np.diff(positions) <= 0).any() or pairs[:, 1].min() < ESCAPE
     ):
         raise ByteLengthsError(f"{path}: its pairs do not rise inside the partition's {tokens} tokens, or hold a "
-                               "length under 255: the file is damaged")  # fmt: skip
+                               "length under 255: the file is damaged; run `pilestore verify`")  # fmt: skip
     return pairs
 
 

@@ -83,8 +83,7 @@ class PartitionTokens:
     """One partition's token files, memory-mapped."""
 
     tokens: np.ndarray
-    lengths: np.ndarray  # uint8 per token (token_bytes.py)
-    long: np.ndarray  # [n, 2] int64: (position, length) of the tokens of 255 bytes or more
+    lengths: np.ndarray  # uint8 per token (token_bytes.py; the pairs of long tokens: TokenView.long_pairs)
     start: np.ndarray
     n_tokens: np.ndarray
     n_bytes: np.ndarray
@@ -95,11 +94,6 @@ class PartitionTokens:
     def raw(self) -> np.ndarray:
         """The token file's bytes."""
         return self.tokens.view(np.uint8)
-
-    def byte_ends(self, doc: int) -> np.ndarray:
-        """Where each token of document `doc` (local to the partition) ends in its UTF-8 text."""
-        begin = int(self.start[doc])
-        return token_bytes.ends(self.lengths[begin : begin + int(self.n_tokens[doc])], self.long, begin)
 
     def read(self, begin: int, end: int) -> np.ndarray:
         """tokens[begin:end] after checking the checksums of the blocks they lie in."""
@@ -333,6 +327,7 @@ class TokenView:
         self.dtype = np.dtype(self.meta["dtype"])
         self.eod_id = int(self.meta["tokenizer"]["eod_id"])
         self._parts: dict[int, PartitionTokens] = {}
+        self._long: dict[int, np.ndarray] = {}  # read only when byte counts are needed (index builds), not by readers
         self._inputs_checked = False
 
     @property
@@ -349,21 +344,34 @@ class TokenView:
             if missing:
                 raise TokensError(f"{self.folder}: " + OLDER.format(f"no {stem.name}.{missing[0]}"))
             columns = map_columns(stem.with_suffix(".arrow"), ["start", "n_tokens", "n_bytes"])
-            tokens = _random_memmap(stem.with_suffix(".tokens"), self.dtype)
             found = self._parts[p] = PartitionTokens(
-                tokens=tokens,
+                tokens=_random_memmap(stem.with_suffix(".tokens"), self.dtype),
                 lengths=_random_memmap(stem.with_suffix(".lens"), np.dtype(np.uint8)),
-                long=token_bytes.read_pairs(stem.with_suffix(".long"), len(tokens)),
                 **columns,
                 sums=_random_memmap(stem.with_suffix(".sums"), np.dtype("<u8")),
                 path=stem.with_suffix(".tokens"),
             )
         return found
 
+    def long_pairs(self, p: int) -> np.ndarray:
+        """Partition p's (position, length) pairs of tokens of 255 bytes or more (token_bytes.py), read once."""
+        found = self._long.get(p)
+        if found is None:
+            path = self.folder / f"p{p:05d}.long"
+            found = self._long[p] = token_bytes.read_pairs(path, len(self.partition(p).tokens))
+        return found
+
+    def byte_ends(self, p: int, doc: int) -> np.ndarray:
+        """Where each token of document `doc` (local to partition p) ends in its UTF-8 text."""
+        part = self.partition(p)
+        begin = int(part.start[doc])
+        lengths = part.lengths[begin : begin + int(part.n_tokens[doc])]
+        return token_bytes.byte_ends(lengths, self.long_pairs(p), begin)
+
     def byte_sums(self, p: int, positions: np.ndarray) -> np.ndarray:
         """For each position k of partition p's tokens, the bytes its tokens 0..k-1 cover (token_bytes.py): the
         .lens file is read front to back in bounded chunks, never mapped."""
-        return token_bytes.prefix_sums(self.folder / f"p{p:05d}.lens", self.partition(p).long, positions)
+        return token_bytes.prefix_sums(self.folder / f"p{p:05d}.lens", self.long_pairs(p), positions)
 
     def check_build_inputs(self) -> None:
         """Before an index build: the document tables and byte lengths it reads match their recorded xxh3."""
@@ -375,6 +383,11 @@ class TokenView:
             stem = self.folder / f"p{entry['partition']:05d}"
             for ext, expected in entry.get("xxh3", {}).items():
                 hasher = xxhash.xxh3_128()
+                if not stem.with_suffix(f".{ext}").exists():
+                    raise TokenDamageError(
+                        f"{stem.with_suffix(f'.{ext}')}: missing from the view; delete {self.folder} and run "
+                        "`pilestore tokenize` again"
+                    )
                 with open(stem.with_suffix(f".{ext}"), "rb") as fh:
                     while data := fh.read(1 << 24):
                         hasher.update(data)

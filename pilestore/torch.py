@@ -306,18 +306,13 @@ class PileDataset(torch.utils.data.Dataset):
         holder: list[torch.Tensor] = []
 
         def alloc(size: int) -> np.ndarray:
-            holder.append(_new_buffer(size, self.dtype))
+            holder.append(torch.empty(size, dtype=self.dtype))
             return holder[0].numpy()
 
         arrays = self.index.gather(self.sample_ids(positions), alloc, self.fields)  # views of holder[0]
         ragged = {key: len(arrays[key]) for key in RAGGED if key in arrays}
         _, layout = batch_layout(len(positions), self.index.seq_len, ragged, self.fields)
         return Batch(_packed(holder[0], layout))
-
-
-def _new_buffer(size: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
-    """A buffer for a batch, all its fields views of it (see _packed)."""
-    return torch.empty(size, dtype=dtype)
 
 
 def _packed(buffer: torch.Tensor, layout: dict[str, tuple[int, tuple[int, ...]]]) -> Fields:
@@ -347,7 +342,7 @@ def collate(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
     t = next((len(batch[0][key]) for key in FIXED if key in fields), 0) if b else 0
     lengths = {key: [len(item[key]) for item in batch] for key in RAGGED if key in fields}
     size, layout = batch_layout(b, t, {key: sum(values) for key, values in lengths.items()}, fields)
-    out = _packed(_new_buffer(size, batch[0][fields[0]].dtype if b else torch.int64), layout)
+    out = _packed(torch.empty(size, dtype=batch[0][fields[0]].dtype if b else torch.int64), layout)
     for key in (key for key in (*FIXED, *SCALARS) if key in fields):
         torch.stack([item[key] for item in batch], out=out[key])
     for key in lengths:
@@ -371,13 +366,14 @@ class Fields(dict):
         return (Fields, (dict(self),))
 
     def _is_packed(self) -> bool:
-        base, size = self._buffer.data_ptr(), self._buffer.element_size()
+        """Whether every field is still the view of the buffer that _packed made (same keys, places, shapes)."""
+        buffer = self._buffer
         return self.keys() == self._layout.keys() and all(
-            isinstance(value, torch.Tensor)
-            and value.data_ptr() == base + at * size
-            and tuple(value.shape) == shape
-            and value.dtype == self._buffer.dtype
-            for (at, shape), value in zip(self._layout.values(), (self[key] for key in self._layout), strict=True)
+            isinstance(self[key], torch.Tensor)
+            and self[key].dtype == buffer.dtype
+            and self[key].data_ptr() == buffer.data_ptr() + at * buffer.element_size()
+            and tuple(self[key].shape) == shape
+            for key, (at, shape) in self._layout.items()
         )
 
     def __missing__(self, key: str) -> torch.Tensor:

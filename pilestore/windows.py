@@ -116,16 +116,11 @@ def _count_chunks(lengths, seq_len, context, bounds):  # pragma: no cover - comp
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _windows_chunks(lengths, seq_len, context, tails, bounds, offsets, doc, eod, start, ctx, tgt):  # pragma: no cover
-    """_windows for each chunk of documents (bounds), its spans from offsets[c] on, chunks on numba's threads."""
+    """_windows_range for each chunk of documents (bounds), its spans from offsets[c] on, on numba's threads."""
     for c in numba.prange(len(bounds) - 1):
         _windows_range(
             lengths, bounds[c], bounds[c + 1], offsets[c], seq_len, context, tails, doc, eod, start, ctx, tgt
         )
-
-
-@numba.njit(cache=True, nogil=True)
-def _windows(lengths, seq_len, context, tails_keep_context, doc, eod, start, ctx, tgt):  # pragma: no cover
-    return _windows_range(lengths, 0, len(lengths), 0, seq_len, context, tails_keep_context, doc, eod, start, ctx, tgt)
 
 
 def _chunks(n: int) -> np.ndarray:
@@ -139,19 +134,13 @@ def windows(n_tokens: np.ndarray, seq_len: int, context: int, *, tails_keep_cont
     lengths = _check(n_tokens, seq_len, context)
     bounds = _chunks(len(lengths))
     with _POOL:
-        counts = _count_chunks(lengths, seq_len, context, bounds) if len(bounds) > 2 else None
-        offsets = np.concatenate(([0], np.cumsum(counts))) if counts is not None else None
-        total = int(offsets[-1]) if offsets is not None else _count_windows(lengths, seq_len, context)
+        offsets = np.concatenate(([0], np.cumsum(_count_chunks(lengths, seq_len, context, bounds))))
+        total = int(offsets[-1])
         doc, start = np.empty(total, np.int64), np.empty(total, np.int64)
         eod = np.empty(total, np.uint8)
         ctx, tgt = np.empty(total, np.int32), np.empty(total, np.int32)
-        if offsets is not None:
-            _windows_chunks(
-                lengths, seq_len, context, int(tails_keep_context), bounds, offsets, doc, eod, start, ctx, tgt
-            )
-        else:
-            filled = _windows(lengths, seq_len, context, int(tails_keep_context), doc, eod, start, ctx, tgt)
-            assert filled == total  # noqa: S101 - kernel and counter agree by construction
+        tails = int(tails_keep_context)
+        _windows_chunks(lengths, seq_len, context, tails, bounds, offsets, doc, eod, start, ctx, tgt)
     return Spans(doc, eod, start, ctx, tgt, np.arange(total + 1, dtype=np.int64))
 
 

@@ -47,7 +47,7 @@ def test_lengths_round_trip_and_sum_exactly(docs: list[list[int]], batches: int,
         assert np.array_equal(token_bytes.exact(stored, pairs, 0), flat)
         first = 0
         for d in docs:  # each document's ends, from its own start
-            got = token_bytes.ends(stored[first : first + len(d)], pairs, first)
+            got = token_bytes.byte_ends(stored[first : first + len(d)], pairs, first)
             assert got.tolist() == np.cumsum(d, dtype=np.int64).tolist()
             first += len(d)
         prefix = np.concatenate(([0], np.cumsum(flat)))

@@ -89,7 +89,7 @@ def test_token_files_hold_each_documents_encoding(view: TokenView, small_store: 
             ids, ends = tokenizer.encode([store[first + local].text])[0]
             begin = part.start[local]
             assert part.tokens[begin : begin + part.n_tokens[local]].tolist() == ids.tolist()
-            assert part.byte_ends(local).tolist() == ends.tolist()
+            assert view.byte_ends(p, local).tolist() == ends.tolist()
         first += len(part.n_tokens)
 
 
@@ -114,13 +114,13 @@ def test_tokens_of_hundreds_of_bytes_keep_their_exact_length(model: Path, tmp_pa
     store = pilestore.open(tmp_path / "s.store")
     view = TokenView(Path(tokenize(store, model)["view"]))
     tokenizer = Tokenizer(model)
-    assert len(view.partition(0).long) >= 3  # the long tokens went to the pairs
+    assert len(view.long_pairs(0)) >= 3  # the long tokens went to the pairs
     doc = 0
     for p in range(view.num_partitions):
         part = view.partition(p)
-        assert (part.lengths == 255).sum() == len(part.long)
+        assert (part.lengths == 255).sum() == len(view.long_pairs(p))
         for local in range(len(part.n_tokens)):
-            assert part.byte_ends(local).tolist() == tokenizer.encode([texts[doc]])[0][1].tolist()
+            assert view.byte_ends(p, local).tolist() == tokenizer.encode([texts[doc]])[0][1].tolist()
             doc += 1
     covered = sum(len(t.encode()) for t in texts if len(tokenizer.encode([t])[0][0]))
     for info in build_indexes(view, store, 16, 4, "bestfit"):
@@ -499,6 +499,27 @@ def test_every_single_bit_flip_in_a_samples_records_fails_its_check() -> None:
                 flipped[bit // 8] ^= 1 << (bit % 8)
                 args = (bytes(flipped), span_bytes) if which == "sample" else (sample_bytes, bytes(flipped))
                 assert not ok(i, *args), (i, which, bit)
+
+
+def test_an_index_build_names_a_missing_or_damaged_byte_file(small_store: Path, model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pilestore.tokens import TokenDamageError
+
+    store_dir = tmp_path / "s.store"
+    shutil.copytree(small_store, store_dir, ignore=shutil.ignore_patterns("tokens"))
+    store = pilestore.open(store_dir)
+    folder = Path(tokenize(store, model)["view"])
+    shape = IndexShape("eval", 64, 16, None)
+    (folder / "p00001.long").unlink()
+    with pytest.raises(TokenDamageError, match=r"p00001.long: missing from the view; delete .* tokenize"):
+        build_index(TokenView(folder), store, shape)
+    (folder / "p00001.long").write_bytes(b"")
+    data = bytearray((folder / "p00000.lens").read_bytes())
+    data[5] ^= 1
+    (folder / "p00000.lens").write_bytes(bytes(data))
+    with pytest.raises(TokenDamageError, match=r"p00000.lens: does not match the xxh3"):
+        build_index(TokenView(folder), store, shape)
 
 
 @pytest.mark.parametrize("older", ["no block checksums", "uint32 byte ends"])

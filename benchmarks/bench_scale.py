@@ -135,7 +135,6 @@ def synthetic_index_store(folder: Path, docs: int, partitions: int) -> Path:
     for p in range(partitions):
         n = docs // partitions + (p < docs % partitions)
         columns = {
-            "row_id": np.arange(n, dtype=np.int64),
             "text_bytes": rng.integers(1, 1 << 20, n),
             "subset": rng.integers(0, 2, n, dtype=np.int32),
             "checksum": rng.integers(-(1 << 62), 1 << 62, n),

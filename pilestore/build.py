@@ -60,6 +60,7 @@ class _PartitionWriter:
 
     def __init__(self, path: Path, settings: CompressionSettings, threads: int) -> None:
         self.conn = partition.connect_writer(path)
+        self.documents = partition.DocumentWriter(self.conn)
         self.settings = settings
         self.threads = threads
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="pilestore-writer")
@@ -130,21 +131,20 @@ class _PartitionWriter:
         for i, ((subset, sid, data, digest, rest), (codec, stored)) in enumerate(zip(batch, compressed, strict=True)):
             rows.append((first + i, sid, codec, len(data), digest, rest, stored))
             self.stored[subset] += len(stored)
-        partition.write_documents(self.conn, rows)
+        self.documents.write(rows)
 
     def finish(self) -> None:
         """Write what is queued and wait for the writer thread."""
         self.flush()
         while self.in_flight:
             self.in_flight.popleft().result()
+        self.documents.close()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     def columns(self) -> dict[str, np.ndarray]:
-        n = len(self.checksums)
         return {
-            "row_id": np.arange(n, dtype=np.int64),
             "text_bytes": np.frombuffer(self.text_bytes, np.int64),
             "subset": np.frombuffer(self.subsets, np.int32),
             "checksum": np.frombuffer(self.checksums, np.int64),

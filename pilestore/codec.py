@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 RAW = 0
 TRAIN_PREFIX_BYTES = 8 * 1024  # a dictionary helps a document's first KBs; long tails teach it little
 TRAIN_SAMPLES_PER_DICT_BYTE = 64  # zstd advises ~100x; 64x trained as well on the sample corpus, 8x faster
+MAX_DICT_SIZE = 4 * 1024 * 1024
 COVER_K, COVER_D = 1024, 8  # what zstd's parameter search picked on the sample corpus; fixing them saves 90%
 
 
@@ -45,7 +46,7 @@ class CompressionSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.level <= 22:
             raise ValueError(f"level must be a zstd level from 1 to 22, got {self.level}")
-        if self.dict_size and not 1024 <= self.dict_size <= 4 * 1024 * 1024:
+        if self.dict_size and not 1024 <= self.dict_size <= MAX_DICT_SIZE:
             raise ValueError(f"dict_size must be 0 (no dictionary) or 1 KiB..4 MiB, got {self.dict_size}")
         if self.sample_bytes < 0:
             raise ValueError(f"sample_bytes must be >= 0, got {self.sample_bytes}")

@@ -1,6 +1,5 @@
-"""Arrow IPC index files: one per partition, memory-mapped, one row per document.
+"""Arrow IPC index files: one per partition, memory-mapped, one row per document (row i = partition row i).
 
-    row_id        int64  row of the document in its partition (0-based; equals the row's position)
     text_bytes    int64  UTF-8 bytes of its text
     subset        int32  subset id, local to the partition (manifest maps it to the store's names)
     checksum      int64  xxh3_64 of the text's UTF-8 bytes, as a signed int64
@@ -24,12 +23,11 @@ from .errors import StoreFormatError
 
 SCHEMA = pa.schema(
     [
-        ("row_id", pa.int64()),
         ("text_bytes", pa.int64()),
         ("subset", pa.int32()),
         ("checksum", pa.int64()),
     ],
-    metadata={"pilestore.index": "1"},
+    metadata={"pilestore.index": "2"},
 )
 DTYPES = {field.name: field.type.to_pandas_dtype() for field in SCHEMA}
 
@@ -50,13 +48,12 @@ class PartitionIndex:
     """The index of one partition, mapped read-only: columns are numpy views into the file."""
 
     path: Path
-    row_id: np.ndarray
     text_bytes: np.ndarray
     subset: np.ndarray
     checksum: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.row_id)
+        return len(self.text_bytes)
 
 
 def open_index(path: Path, expected_rows: int) -> PartitionIndex:

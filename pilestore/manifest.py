@@ -27,7 +27,7 @@ from typing import Any
 from .errors import IncompleteStoreError, StoreFormatError, StoreLockedError, StoreNotFoundError
 
 FORMAT_NAME = "pilestore"
-FORMAT_VERSION = 2  # 2: row checksums cover subset and meta
+FORMAT_VERSION = 3  # 2: row checksums cover subset and meta; 3: chunked frame stream, index without row_id
 MANIFEST = "manifest.json"
 PARTITIONS_DIR = "partitions"
 INDEX_DIR = "index"
@@ -133,6 +133,11 @@ def _check(manifest: Any, path: Path) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise StoreFormatError(f"{path}: not a pilestore manifest")
     version = manifest.get("format_version")
+    if isinstance(version, int) and 1 <= version < FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{path}: store format version {version}, written by an older pilestore (this one reads version "
+            f"{FORMAT_VERSION}); ingest the sources again into a new store"
+        )
     if version != FORMAT_VERSION:
         raise StoreFormatError(
             f"{path}: store format version {version!r}; this pilestore reads version "

@@ -1,7 +1,8 @@
 """Store: the read side. `pilestore.open(path)[i]` is one bisect over partitions and one SQLite row look-up.
 
     global idx ──bisect over partition starts (P+1 ints)──▶ (partition p, row = idx - start[p])
-               ──SELECT ... WHERE id = row──▶ zstd frame ──decompress──▶ check xxh3 ──▶ Document
+               ──SELECT ... WHERE id = row──▶ its bytes in the frame stream ──SELECT chunk(s)──▶ zstd frame
+               ──decompress──▶ check xxh3 ──▶ Document
 
 Row ids equal positions, so reading a document needs no index file and no pyarrow: `pilestore sample`
 stays fast to start. The Arrow index (per-document sizes, subsets, checksums as numpy arrays) is
@@ -35,7 +36,7 @@ class _Partition:
     """One partition's connection (per process), with a cursor and a decompressor per thread: neither apsw
     cursors nor zstd decompression contexts may be used by two threads at once."""
 
-    __slots__ = ("_local", "conn", "dictionaries", "rests", "subsets")
+    __slots__ = ("_local", "conn", "dictionaries", "rests", "stream_end", "subsets")
 
     def __init__(self, path: Path, subsets: list[str]) -> None:
         if not path.exists():
@@ -44,8 +45,11 @@ class _Partition:
         try:
             self.dictionaries = partition.read_dictionaries(self.conn)
             stored_subsets = partition.read_subsets(self.conn)
+            self.stream_end = partition.stream_bytes(self.conn)
         except apsw.Error as err:
             raise StoreFormatError(f"{path}: unreadable partition ({err}); run `pilestore verify`") from err
+        except StoreFormatError as err:
+            raise StoreFormatError(f"{path}: {err}") from err
         if stored_subsets != subsets:
             raise StoreFormatError(f"{path}: subsets {stored_subsets} differ from the manifest's {subsets}")
         self.subsets = subsets
@@ -145,7 +149,7 @@ class Store:
             part = self._partition(p)
         try:
             local = part.thread_state()
-            found = partition.read_row(local.cursor, row)
+            found = partition.read_row(local.cursor, row, part.stream_end)
             if found is None:
                 raise CorruptDocumentError("row missing from the partition")
             return self._document(self._starts[p] + row, part, local.decompressor, *found)
@@ -214,11 +218,13 @@ class Store:
                 ) from err
             if item is None:
                 break
-            row, *fields = item
+            row, *fields, stored = item
             if row != expected:
                 raise CorruptDocumentError(f"{self._where(p, expected)}: row missing from the partition")
             try:
-                yield self._document(self._starts[p] + row, part, decompressor, *fields)
+                if isinstance(stored, CorruptDocumentError):
+                    raise stored
+                yield self._document(self._starts[p] + row, part, decompressor, *fields, stored)
             except CorruptDocumentError as err:
                 raise CorruptDocumentError(f"{self._where(p, row)}: {err}; run `pilestore verify`") from err
             expected += 1

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 class _Partition:
-    """One partition's connection (per process), with a cursor and a decompressor per thread: neither apsw
+    """One partition's connection (per process), with a row reader and a decompressor per thread: neither apsw
     cursors nor zstd decompression contexts may be used by two threads at once."""
 
     __slots__ = ("_local", "conn", "dictionaries", "rests", "stream_end", "subsets")
@@ -57,10 +57,10 @@ class _Partition:
         self._local = threading.local()
 
     def thread_state(self) -> threading.local:
-        """This thread's `cursor` and `decompressor`."""
+        """This thread's `reader` (partition.RowReader) and `decompressor`."""
         local = self._local
-        if not hasattr(local, "cursor"):
-            local.cursor = self.conn.cursor()
+        if not hasattr(local, "reader"):
+            local.reader = partition.RowReader(self.conn, self.stream_end)
             local.decompressor = Decompressor(self.dictionaries)
         return local
 
@@ -149,7 +149,7 @@ class Store:
             part = self._partition(p)
         try:
             local = part.thread_state()
-            found = partition.read_row(local.cursor, row, part.stream_end)
+            found = local.reader.read(row)
             if found is None:
                 raise CorruptDocumentError("row missing from the partition")
             return self._document(self._starts[p] + row, part, local.decompressor, *found)

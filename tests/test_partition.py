@@ -47,10 +47,10 @@ def test_the_frame_stream_gives_back_every_documents_bytes(
     conn = partition.connect_reader(path)
     end = partition.stream_bytes(conn)
     assert end == sum(lengths)
-    cursor = conn.cursor()
+    reader = partition.RowReader(conn, end)
     for i in rng.sample(range(len(stored)), len(stored)):  # random order
-        assert partition.read_row(cursor, i, end) == (0, 0, lengths[i], 0, None, stored[i])
-    assert partition.read_row(cursor, len(stored), end) is None
+        assert reader.read(i) == (0, 0, lengths[i], 0, None, stored[i])
+    assert reader.read(len(stored)) is None
     for start in [0, *starts]:
         got = [(row[0], row[-1]) for row in partition.iter_rows(conn, start)]
         assert got == list(enumerate(stored))[start:]

@@ -22,7 +22,7 @@ def _flip_inside_document(store_dir: Path, idx: int) -> None:
     """Flip one byte in the middle of document idx's stored bytes, found in the partition file."""
     path = store_dir / "partitions" / "00000.sqlite"
     conn = partition.connect_reader(path)
-    stored = partition.read_row(conn.cursor(), idx, partition.stream_bytes(conn))[-1]
+    stored = partition.RowReader(conn, partition.stream_bytes(conn)).read(idx)[-1]
     conn.close()
     data = bytearray(path.read_bytes())
     at = data.find(stored[:64])

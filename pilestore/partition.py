@@ -386,10 +386,9 @@ class _StreamReader:
                 or len(data) != CHUNK_BYTES
                 and have + len(data) < end
             ):
+                bad = self._next_id
                 self._buf, self._buf_start, self._next_id = b"", 0, -2  # start over at the next read
-                raise CorruptDocumentError(
-                    f"chunk {chunk_id if chunk_id >= 0 else 'past the end'} of the frame stream is missing or damaged"
-                )
+                raise CorruptDocumentError(f"chunk {bad} of the frame stream is missing or damaged")
             parts.append(data)
             have += len(data)
             self._next_id += 1

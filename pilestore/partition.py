@@ -182,7 +182,7 @@ class DocumentWriter:
 
     def __init__(self, conn: apsw.Connection) -> None:
         self.conn = conn
-        self.stream_bytes = 0  # bytes of stored data written so far, the tail included
+        self.stream_end = 0  # bytes of stored data written so far, the tail included
         self._tail = bytearray()
         self._next_chunk = 0
 
@@ -190,14 +190,15 @@ class DocumentWriter:
         """One transaction of (id, subset, codec, size, checksum, rest, stored) rows."""
         doc_rows = []
         for *fields, stored in rows:
-            doc_rows.append((*fields, self.stream_bytes, len(stored)))
-            self.stream_bytes += len(stored)
+            doc_rows.append((*fields, self.stream_end, len(stored)))
+            self.stream_end += len(stored)
             self._tail += stored
         cut = len(self._tail) - len(self._tail) % CHUNK_BYTES
-        chunks = [
-            (self._next_chunk + i, bytes(self._tail[at : at + CHUNK_BYTES]))
-            for i, at in enumerate(range(0, cut, CHUNK_BYTES))
-        ]
+        with memoryview(self._tail) as tail:  # released before the tail is cut
+            chunks = [
+                (self._next_chunk + i, bytes(tail[at : at + CHUNK_BYTES]))
+                for i, at in enumerate(range(0, cut, CHUNK_BYTES))
+            ]
         del self._tail[:cut]
         self._next_chunk += len(chunks)
         with self.conn:
@@ -277,9 +278,14 @@ class RowReader:
         if found is None:
             return None
         *fields, start, length = found
-        _check_range(start, length, fields[2], self.stream_end)
+        return (*fields, self.stored_bytes(start, length, fields[2]))  # type: ignore[return-value]
+
+    def stored_bytes(self, start: Any, length: Any, size: Any) -> bytes:
+        """The `length` stored bytes from `start` of the frame stream, for a row of `size` bytes of text;
+        CorruptDocumentError if the row's range lies outside the stream or a chunk is missing or short."""
+        _check_range(start, length, size, self.stream_end)
         if length == 0:
-            return (*fields, b"")  # type: ignore[return-value]
+            return b""
         chunk, at = divmod(start, CHUNK_BYTES)
         try:
             if at + length <= CHUNK_BYTES:  # inside one chunk, as most documents are: one copy
@@ -295,7 +301,7 @@ class RowReader:
             raise CorruptDocumentError(f"chunk {self._at} of the frame stream is missing or damaged ({err})") from err
         if len(stored) != length:
             raise CorruptDocumentError(f"the frame stream's chunks from {chunk} on are too short")
-        return (*fields, stored)  # type: ignore[return-value]
+        return stored
 
     def _chunk(self, chunk: int) -> apsw.Blob:
         """The blob handle, moved to chunk `chunk`."""
@@ -339,61 +345,16 @@ def _check_range(start: Any, length: Any, size: Any, stream_end: int) -> None:
 def iter_rows(
     conn: apsw.Connection, start: int = 0
 ) -> Iterator[tuple[int, int, int, int, int, str | int | None, bytes | CorruptDocumentError]]:
-    """(id, subset, codec, size, checksum, rest, stored) of every document from `start`, in order, reading the
-    frame stream front to back once. A document whose bytes cannot be read comes with the CorruptDocumentError
-    in place of its bytes, so a checker can go on to the next one."""
-    stream_end = stream_bytes(conn)
-    reader = _StreamReader(conn)
+    """(id, subset, codec, size, checksum, rest, stored) of every document from `start`, in order. A document
+    whose bytes cannot be read comes with the CorruptDocumentError in place of its bytes, so a checker can go
+    on to the next one."""
+    reader = RowReader(conn, stream_bytes(conn))
     for row_id, *fields, begin, length in conn.execute(
         "SELECT id, subset, codec, size, checksum, rest, start, length FROM documents WHERE id >= ? ORDER BY id",
         (start,),
     ):
         try:
-            _check_range(begin, length, fields[2], stream_end)
-            stored: bytes | CorruptDocumentError = reader.read(begin, length)
+            stored: bytes | CorruptDocumentError = reader.stored_bytes(begin, length, fields[2])
         except CorruptDocumentError as err:
             stored = err
         yield (row_id, *fields, stored)  # type: ignore[misc]
-
-
-class _StreamReader:
-    """Reads byte ranges of the frame stream in increasing order with one sequential scan of its chunks,
-    re-positioned only when a range does not follow on (which only damaged rows cause). It holds the chunks
-    from `_buf_start` (a chunk boundary) up to chunk `_next_id`, never more than one document's."""
-
-    def __init__(self, conn: apsw.Connection) -> None:
-        self._cursor = conn.cursor()
-        self._chunks: Iterator[tuple[int, bytes]] = iter(())
-        self._buf = b""
-        self._buf_start = 0
-        self._next_id = -2  # nothing read yet: the first read positions the scan
-
-    def read(self, start: int, length: int) -> bytes:
-        if length == 0:
-            return b""
-        end = start + length
-        if start < self._buf_start or start // CHUNK_BYTES > self._next_id:
-            first = start // CHUNK_BYTES
-            self._chunks = self._cursor.execute("SELECT id, data FROM chunks WHERE id >= ? ORDER BY id", (first,))
-            self._buf, self._buf_start, self._next_id = b"", first * CHUNK_BYTES, first
-        parts = [self._buf]
-        have = self._buf_start + len(self._buf)
-        while have < end:
-            chunk_id, data = next(self._chunks, (-1, b""))
-            if (
-                chunk_id != self._next_id
-                or type(data) is not bytes
-                or len(data) != CHUNK_BYTES
-                and have + len(data) < end
-            ):
-                bad = self._next_id
-                self._buf, self._buf_start, self._next_id = b"", 0, -2  # start over at the next read
-                raise CorruptDocumentError(f"chunk {bad} of the frame stream is missing or damaged")
-            parts.append(data)
-            have += len(data)
-            self._next_id += 1
-        buf = b"".join(parts) if len(parts) > 1 else parts[0]
-        out = buf[start - self._buf_start : end - self._buf_start]
-        keep = (end - self._buf_start) // CHUNK_BYTES * CHUNK_BYTES  # whole chunks already passed are dropped
-        self._buf, self._buf_start = buf[keep:], self._buf_start + keep
-        return out

@@ -1,8 +1,8 @@
 """Store: the read side. `pilestore.open(path)[i]` is one bisect over partitions and one SQLite row look-up.
 
     global idx ──bisect over partition starts (P+1 ints)──▶ (partition p, row = idx - start[p])
-               ──SELECT ... WHERE id = row──▶ its bytes in the frame stream ──SELECT chunk(s)──▶ zstd frame
-               ──decompress──▶ check xxh3 ──▶ Document
+               ──SELECT ... WHERE id = row──▶ where its bytes lie in the frame stream ──blob read of its
+               chunk(s)──▶ zstd frame ──decompress──▶ check xxh3 ──▶ Document
 
 Row ids equal positions, so reading a document needs no index file and no pyarrow: `pilestore sample`
 stays fast to start. The Arrow index (per-document sizes, subsets, checksums as numpy arrays) is

@@ -44,6 +44,35 @@ def test_big_subsets_get_their_own_dictionary_small_ones_share() -> None:
     assert all(d is not None and len(d) <= 112 * 1024 for d in dicts.values())
 
 
+def _shared_frames_bytes(dicts: dict, docs: list[bytes]) -> int:
+    compressor = Compressor({None: 1}, {1: dicts[None]}, 3)
+    return sum(len(compressor.compress("any", d)[1]) for d in docs)
+
+
+def test_shared_dictionary_learns_from_the_subsets_that_share_it() -> None:
+    rng = random.Random(3)
+    words = {name: ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=7)) for _ in range(300)] for name in "ABCD"}
+
+    def docs(name: str, n: int) -> list[bytes]:
+        return [" ".join(rng.choices(words[name], k=rng.randint(100, 300))).encode() for _ in range(n)]
+
+    samples = {"A": docs("A", 400), "B": docs("B", 400), "C": docs("C", 40), "D": docs("D", 40)}
+    settings = CompressionSettings(dict_size=16 * 1024, min_subset_bytes=120_000)
+    dicts = train_dictionaries(samples, settings)
+    assert set(dicts) == {"A", "B", None}  # C and D share
+    trained_on_all = train_dictionaries(samples, CompressionSettings(dict_size=16 * 1024, min_subset_bytes=10**9))
+    assert set(trained_on_all) == {None}  # nothing has enough for its own: the shared one learns from everything
+    held_out = docs("C", 20) + docs("D", 20)
+    assert _shared_frames_bytes(dicts, held_out) < 0.9 * _shared_frames_bytes(trained_on_all, held_out)
+
+
+def test_shared_dictionary_learns_from_everything_when_the_sharing_subsets_are_too_small() -> None:
+    samples = _corpus()
+    settings = CompressionSettings(min_subset_bytes=10_000)
+    shared = train_dictionaries(samples, settings)[None]
+    assert shared == train_dictionaries({"all": [s for v in samples.values() for s in v]}, settings)[None]
+
+
 def test_no_dictionaries_when_dict_size_is_zero() -> None:
     assert train_dictionaries(_corpus(), CompressionSettings(dict_size=0)) == {None: None}
 

@@ -52,10 +52,11 @@ def test_subset_counts_match_the_corpus_manifest(sample_store_dir: Path) -> None
     assert part["text_bytes"] == sum(v["text_utf8_bytes"] for v in expected.values())
 
 
-def test_store_is_no_larger_than_104_percent_of_its_source(sample_store_dir: Path, sample_path: Path) -> None:
-    """1.017x at the default level 3 (the blob-per-document layout of format v2 made 1.085x)."""
+def test_store_is_no_larger_than_101_percent_of_its_source(sample_store_dir: Path, sample_path: Path) -> None:
+    """1.004x at the default level 3 (1.017x with a shared dictionary trained on every subset's samples,
+    1.085x with format v2's blob per document)."""
     size = sum(p.stat().st_size for p in sample_store_dir.rglob("*") if p.is_file())
-    assert size <= 1.04 * sample_path.stat().st_size
+    assert size <= 1.01 * sample_path.stat().st_size
 
 
 def test_bad_lines_are_skipped_counted_and_located(make_shard: ShardMaker, tmp_path: Path) -> None:

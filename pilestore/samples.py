@@ -305,14 +305,14 @@ def write_index(
     tables = {
         "spans": pa.table(
             {
-                "doc": spans.doc,
+                "doc": spans.doc.astype(np.int64, copy=False),  # the kernels' int32 where it fits
                 "eod": spans.eod,
-                "start": spans.start,
+                "start": spans.start.astype(np.int64, copy=False),
                 "context": spans.context,
                 "target": spans.target,
                 "n_bytes": n_bytes,
                 "subset": doc_subset[spans.doc].astype(np.int16),
-                "by_sample": by_sample,
+                "by_sample": by_sample.astype(np.int64, copy=False),
             }
         ),
         "samples": pa.table(

@@ -202,3 +202,19 @@ def test_bad_shapes_are_refused(seq_len: int, context: int) -> None:
 def test_unknown_packing_is_refused() -> None:
     with pytest.raises(ValueError, match="packing"):
         train_view(np.array([3]), 4, 2, "firstfit")
+
+
+@pytest.mark.parametrize("packing", ["bestfit", "greedy"])
+def test_positions_past_int32_are_exact(packing: str) -> None:
+    """Kernels write int32 positions while they fit; a document of 2**31 tokens or more gets int64 starts."""
+    seq_len, context = 1 << 20, 1 << 18
+    lengths = np.array([5, (1 << 31) + 7, 3], dtype=np.int64)
+    for spans in (eval_view(lengths, seq_len, context), train_view(lengths, seq_len, context, packing)):
+        assert spans.start.dtype == np.int64 and spans.doc.dtype == np.int32
+        big = spans.doc == 1
+        ends = spans.start[big].astype(np.int64) + spans.context[big] + spans.target[big]
+        assert ends.max() == lengths[1]  # the last target is the document's last token: nothing wrapped
+        assert int(spans.target[big].sum()) == lengths[1]  # every token a target exactly once
+        assert sorted(ends.tolist()) == sorted(set(ends.tolist()))
+    small = eval_view(np.array([5, 9], dtype=np.int64), 4, 2)
+    assert small.start.dtype == np.int32 and small.doc.dtype == np.int32

@@ -19,6 +19,9 @@ memory       resident memory of a DataLoader worker after 20k random samples, fo
              and, in a fresh process, the time to open PileDataset and ds[i] latency at each size
 first_batch  a fresh process: imports, then PileDataset + PileSampler + DataLoader(1 worker) to the first batch,
              on the 10M-sample index
+partitions   batched lean int32 reads in one process from the sample corpus as one partition and as --shards
+             partitions (the corpus dealt into shards, ingested as many sources, tokenized with the same model):
+             what it costs that a batch's samples come from many token files (a Pile store has 30)
 """
 
 from __future__ import annotations
@@ -482,6 +485,62 @@ def run_python(code: str, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def sharded_store(work: Path, corpus: Path, shards: int, model: Path) -> Path:
+    """The corpus's lines dealt round-robin into `shards` .jsonl sources, ingested into one store (a partition
+    each), tokenized with `model`, with the train view's index (kept in work/)."""
+    import zstandard
+
+    import pilestore
+    from pilestore.indexes import build_indexes
+    from pilestore.ingest import ingest
+    from pilestore.tokens import TokenView, tokenize
+
+    store_dir = work / f"sample-{shards}-partitions.store"
+    if (store_dir / "tokens").exists():
+        return store_dir
+    with open(corpus, "rb") as fh:
+        lines = zstandard.ZstdDecompressor().stream_reader(fh).read().splitlines()
+    sources = []
+    for k in range(shards):
+        sources.append(work / f"shard-{k}-of-{shards}.jsonl")
+        sources[-1].write_bytes(b"\n".join(lines[k::shards]) + b"\n")
+    ingest(sources, store_dir)
+    result = tokenize(pilestore.open(store_dir), model, threads=os.cpu_count() or 1)
+    build_indexes(TokenView(Path(result["view"])), pilestore.open(store_dir), SEQ_LEN, CONTEXT, "bestfit")
+    return store_dir
+
+
+def bench_partitions(stores: dict[int, Path], batch: int, batches: int, rounds: int) -> None:
+    """Lean int32 batches per second from each store (same number of random samples), rounds interleaved."""
+    import torch
+
+    import pilestore
+    from pilestore.torch import PileDataset
+
+    readers = {}
+    for parts, store_dir in stores.items():
+        store = pilestore.open(store_dir)
+        ds = PileDataset(store, "train", seq_len=SEQ_LEN, context=CONTEXT, fields=LEAN, dtype=torch.int32)
+        order = np.random.default_rng(3).integers(0, len(ds), batch * batches).tolist()
+        _batched_rate(ds.__getitems__, order, batch)  # untimed: files opened, pages faulted in
+        readers[parts] = (ds.__getitems__, order)
+    rates: dict[int, list[float]] = {parts: [] for parts in stores}
+    for _ in range(rounds):
+        for parts, (read, order) in readers.items():
+            rates[parts].append(_batched_rate(read, order, batch))
+    medians = {parts: float(np.median(r)) for parts, r in rates.items()}
+    one = medians[min(medians)]
+    emit(
+        "partitions",
+        batch=batch,
+        samples=batch * batches,
+        rounds=rounds,
+        lean_int32_batched_samples_per_s={str(parts): round(rate) for parts, rate in medians.items()},
+        ratio_to_one_partition={str(parts): round(rate / one, 3) for parts, rate in medians.items()},
+        all_runs={str(parts): [round(r) for r in runs] for parts, runs in rates.items()},
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=SHARED / "corpus" / "sample.jsonl.zst")
@@ -493,6 +552,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="loader runs per system (interleaved; median kept)")
     parser.add_argument("--sizes", default="10000000,100000000", help="sample counts of the synthetic indexes")
     parser.add_argument("--memory-samples", type=int, default=20_000)
+    parser.add_argument("--shards", type=int, default=8, help="partitions of the sharded store (--parts partitions)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory(prefix="pilestore-torch-") as tmp:
@@ -500,6 +560,10 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         if "loader" in parts:
             bench_loader(prepare(work, args.corpus, args.vocab_size), args.batch, args.batches, args.rounds)
+        if "partitions" in parts:
+            one = prepare(work, args.corpus, args.vocab_size)
+            many = sharded_store(work, args.corpus, args.shards, work / "tok.model")
+            bench_partitions({1: one, args.shards: many}, args.batch, args.batches, max(args.rounds, 5))
         sizes = [int(s) for s in args.sizes.split(",")]
         for n in sizes if parts & {"memory", "first_batch"} else []:
             started = time.perf_counter()

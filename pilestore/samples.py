@@ -25,10 +25,11 @@ This module reads indexes (numpy and pyarrow only); windows.py builds them with 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,7 +210,7 @@ def carve(buffer: Any, layout: Mapping[str, tuple[int, tuple[int, ...]]]) -> dic
 
 
 def _fill_spans(
-    tokens: np.ndarray,
+    files: Iterable[np.ndarray],
     rows: list[int],
     at: list[int],
     eod: list[int],
@@ -220,13 +221,13 @@ def _fill_spans(
     out: dict[str, np.ndarray],
 ) -> None:
     """Write spans into out's input_ids, labels and position_ids ([B, seq_len]): span k is x-tokens
-    [eod] * eod[k] + tokens[source[k] : source[k] + context[k] + target[k]] at slot at[k] of sample rows[k]; its
-    last target[k] x-tokens are labels (labels[q - 1] = x[q]; IGNORE where x[q] is context or [eod]); positions
-    count from 0. Fields missing from `out` are skipped. A few slice copies per span (as fast as a numba loop
-    here: the copies are bound by memory)."""
+    [eod] * eod[k] + tokens[source[k] : source[k] + context[k] + target[k]] (tokens = files[k], the token file of
+    its partition) at slot at[k] of sample rows[k]; its last target[k] x-tokens are labels (labels[q - 1] = x[q];
+    IGNORE where x[q] is context or [eod]); positions count from 0. Fields missing from `out` are skipped. A few
+    slice copies per span (as fast as a numba loop here: the copies are bound by memory)."""
     input_ids, labels, positions = out.get("input_ids"), out.get("labels"), out.get("position_ids")
     width = next(array for array in (input_ids, labels, positions) if array is not None).shape[1]
-    for r, a, e, c, t, s in zip(rows, at, eod, context, target, source, strict=True):
+    for tokens, (r, a, e, c, t, s) in zip(files, zip(rows, at, eod, context, target, source, strict=True)):  # noqa: B905 - files may repeat one array
         n = e + c + t
         stop = min(n, width - a)  # the sample's last x-token is a label only
         if input_ids is not None:
@@ -598,17 +599,18 @@ class SampleIndex:
         """Lay span k out at slot at[k] of sample row[k] (_fill_spans), after the checks read() makes: its tokens
         lie in their partition's file and the blocks they lie in match their checksums (when tokens are copied:
         position_ids alone read none)."""
-        part = np.searchsorted(self._doc_starts(), spans["doc"], side="right") - 1
+        starts = self._doc_starts()
         source = spans["offset"]
-        reads_tokens = "input_ids" in out or "labels" in out
-        for p in np.unique(part).tolist():
-            tokens = self.view.partition(p)
-            mine = part == p
-            begin = source[mine]
-            if reads_tokens:
-                tokens.check_ranges(begin, begin + context[mine] + target[mine])
-            columns = (row[mine], at[mine], spans["eod"][mine], context[mine], target[mine], begin)
-            _fill_spans(tokens.tokens, *(c.tolist() for c in columns), self.view.eod_id, out)
+        if len(starts) == 2:  # one partition: no search, every span's tokens in the same file
+            part = np.zeros(len(source), np.int64)
+            files: Any = itertools.repeat(self.view.partition(0).tokens)
+        else:
+            part = np.searchsorted(starts, spans["doc"], side="right") - 1
+            files = [self.view.partition(p).tokens for p in part.tolist()]
+        if "input_ids" in out or "labels" in out:
+            self.view.check_spans(part, source, source + context + target)
+        columns = (row, at, spans["eod"], context, target, source)
+        _fill_spans(files, *(c.tolist() for c in columns), self.view.eod_id, out)
 
     def _damaged(self, i: int) -> None:
         raise PilestoreError(

@@ -360,3 +360,44 @@ def test_workers_refuse_an_index_rebuilt_after_the_dataset_was_made(
     with pytest.raises(pilestore.PilestoreError, match="rebuilt since this dataset was created"):
         in_worker[0]
     assert int(PileDataset(store, "train", seq_len=128, context=32)[0]["input_ids"][0]) >= 0  # a new dataset opens
+
+
+@pytest.mark.parametrize("damaged", [0, 1])
+def test_a_batch_over_two_partitions_names_the_damaged_token_file(
+    dataset_store: pilestore.Store, model: Path, tmp_path: Path, damaged: int
+) -> None:
+    import shutil
+
+    from pilestore.tokens import TokenDamageError
+
+    shutil.copytree(dataset_store.path, tmp_path / "copy.store")
+    ds = PileDataset(pilestore.open(tmp_path / "copy.store"), "train", seq_len=256, context=64, tokenizer=model)
+    everything = list(range(len(ds)))
+    expected = collate(ds.__getitems__(everything))
+    files = sorted(ds._view.folder.glob("p*.tokens"))
+    assert len(files) == 2  # the batch reads spans of both partitions
+    with open(files[damaged], "r+b") as fh:  # a byte of the first block, which every first document uses
+        fh.seek(10)
+        byte = fh.read(1)
+        fh.seek(10)
+        fh.write(bytes([byte[0] ^ 0x40]))
+    fresh = PileDataset(pilestore.open(tmp_path / "copy.store"), "train", seq_len=256, context=64, tokenizer=model)
+    with pytest.raises(TokenDamageError, match=files[damaged].name):
+        fresh.__getitems__(everything)
+    untouched = [i for i in everything if not _reads_block_0_of(fresh, i, damaged)]
+    assert 0 < len(untouched) < len(everything)
+    got = collate(fresh.__getitems__(untouched))  # batches that do not touch the damaged block still read
+    assert all(torch.equal(got[key], collate([ds[i] for i in untouched])[key]) for key in got)
+    assert expected.keys() == got.keys()
+
+
+def _reads_block_0_of(ds: PileDataset, i: int, p: int) -> bool:
+    """Sample i has a span whose tokens start in the first 4 KiB block of partition p's token file."""
+    from pilestore.tokens import BLOCK
+
+    index = ds.index
+    starts = index._doc_starts()
+    record = index._sample_records[int(ds.sample_ids([i])[0])]
+    spans = index._span_records[int(record["span_begin"]) : int(record["span_begin"]) + int(record["n_spans"])]
+    in_p = (spans["doc"] >= starts[p]) & (spans["doc"] < starts[p + 1])
+    return bool((in_p & (spans["offset"] * ds._view.dtype.itemsize < BLOCK)).any())

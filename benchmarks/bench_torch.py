@@ -49,10 +49,8 @@ def emit(section: str, **fields: object) -> None:
 def prepare(work: Path, corpus: Path, vocab_size: int) -> Path:
     """The sample corpus ingested, a BPE trained on it, tokenized with seq_len 2048 indexes (kept in work/)."""
     import pilestore
-    from pilestore.indexes import build_indexes
     from pilestore.ingest import ingest
     from pilestore.tokenizer import TrainSettings, train_tokenizer
-    from pilestore.tokens import TokenView, tokenize
 
     store_dir = work / "sample.store"
     if (store_dir / "tokens").exists():
@@ -60,6 +58,15 @@ def prepare(work: Path, corpus: Path, vocab_size: int) -> Path:
     ingest([corpus], store_dir)
     model = work / "tok.model"
     train_tokenizer(pilestore.open(store_dir), model, TrainSettings(sample_mb=10, options={"vocab_size": vocab_size}))
+    return tokenized(store_dir, model)
+
+
+def tokenized(store_dir: Path, model: Path) -> Path:
+    """The store tokenized with `model`, with the train view's seq_len 2048 index."""
+    import pilestore
+    from pilestore.indexes import build_indexes
+    from pilestore.tokens import TokenView, tokenize
+
     result = tokenize(pilestore.open(store_dir), model, threads=os.cpu_count() or 1)
     build_indexes(TokenView(Path(result["view"])), pilestore.open(store_dir), SEQ_LEN, CONTEXT, "bestfit")
     return store_dir
@@ -490,10 +497,7 @@ def sharded_store(work: Path, corpus: Path, shards: int, model: Path) -> Path:
     each), tokenized with `model`, with the train view's index (kept in work/)."""
     import zstandard
 
-    import pilestore
-    from pilestore.indexes import build_indexes
     from pilestore.ingest import ingest
-    from pilestore.tokens import TokenView, tokenize
 
     store_dir = work / f"sample-{shards}-partitions.store"
     if (store_dir / "tokens").exists():
@@ -505,9 +509,7 @@ def sharded_store(work: Path, corpus: Path, shards: int, model: Path) -> Path:
         sources.append(work / f"shard-{k}-of-{shards}.jsonl")
         sources[-1].write_bytes(b"\n".join(lines[k::shards]) + b"\n")
     ingest(sources, store_dir)
-    result = tokenize(pilestore.open(store_dir), model, threads=os.cpu_count() or 1)
-    build_indexes(TokenView(Path(result["view"])), pilestore.open(store_dir), SEQ_LEN, CONTEXT, "bestfit")
-    return store_dir
+    return tokenized(store_dir, model)
 
 
 def bench_partitions(stores: dict[int, Path], batch: int, batches: int, rounds: int) -> None:

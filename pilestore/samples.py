@@ -25,11 +25,10 @@ This module reads indexes (numpy and pyarrow only); windows.py builds them with 
 from __future__ import annotations
 
 import bisect
-import itertools
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,7 +209,7 @@ def carve(buffer: Any, layout: Mapping[str, tuple[int, tuple[int, ...]]]) -> dic
 
 
 def _fill_spans(
-    files: Iterable[np.ndarray],
+    files: list[np.ndarray],
     rows: list[int],
     at: list[int],
     eod: list[int],
@@ -232,7 +231,7 @@ def _fill_spans(
     shifted = input_ids is not None and labels is not None
     masks: list[tuple[int, int, int]] = []  # (row, first, end) of labels to set to IGNORE once shifted
     last: list[tuple[int, int]] = []  # (row, token) of spans ending at their sample's last x-token
-    for tokens, (r, a, e, c, t, s) in zip(files, zip(rows, at, eod, context, target, source, strict=True)):  # noqa: B905 - files may repeat one array
+    for tokens, r, a, e, c, t, s in zip(files, rows, at, eod, context, target, source, strict=True):
         n = e + c + t
         stop = min(n, width - a)  # the sample's last x-token is a label only
         if input_ids is not None:
@@ -620,7 +619,7 @@ class SampleIndex:
         source = spans["offset"]
         if len(starts) == 2:  # one partition: no search, every span's tokens in the same file
             part = np.zeros(len(source), np.int64)
-            files: Any = itertools.repeat(self.view.partition(0).tokens)
+            files = [self.view.partition(0).tokens] * len(source)
         else:
             part = np.searchsorted(starts, spans["doc"], side="right") - 1
             files = [self.view.partition(p).tokens for p in part.tolist()]

@@ -172,8 +172,11 @@ class Store:
         size: int,
         digest: int,
         rest: str | int | None,
-        stored: bytes,
+        stored: bytes | CorruptDocumentError,
     ) -> Document:
+        """The document of a row; `stored` may be the error a scan met reading its bytes (iter_rows)."""
+        if isinstance(stored, CorruptDocumentError):
+            raise stored
         if type(subset_id) is not int or type(size) is not int or type(stored) is not bytes or type(rest) is bytes:
             raise CorruptDocumentError("row fields have the wrong types")  # a damaged SQLite record
         if not 0 <= subset_id < len(part.subsets):
@@ -222,8 +225,6 @@ class Store:
             if row != expected:
                 raise CorruptDocumentError(f"{self._where(p, expected)}: row missing from the partition")
             try:
-                if isinstance(stored, CorruptDocumentError):
-                    raise stored
                 yield self._document(self._starts[p] + row, part, decompressor, *fields, stored)
             except CorruptDocumentError as err:
                 raise CorruptDocumentError(f"{self._where(p, row)}: {err}; run `pilestore verify`") from err

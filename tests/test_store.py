@@ -50,6 +50,23 @@ def test_open_refuses_bad_manifests(tmp_path: Path, content: bytes, message: str
         pilestore.open(tmp_path)
 
 
+def test_a_partition_of_an_older_format_is_refused_with_what_to_do(sample_store_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import apsw
+
+    shutil.copytree(sample_store_dir, tmp_path / "s.store")
+    part = next((tmp_path / "s.store" / "partitions").glob("*.sqlite"))
+    conn = apsw.Connection(str(part))
+    conn.execute("PRAGMA user_version = 2")  # what pilestore wrote before the chunked frame stream
+    conn.close()
+    with pytest.raises(
+        StoreFormatError,
+        match=rf"{part.name}: partition format 2, written by an older pilestore.*ingest the source again",
+    ):
+        pilestore.open(tmp_path / "s.store")[0]
+
+
 def test_indexing_matches_the_source_lines(sample_store_dir: Path, sample_records: list[dict]) -> None:
     store = pilestore.open(sample_store_dir)
     assert len(store) == len(sample_records) == 5993

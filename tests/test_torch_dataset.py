@@ -401,3 +401,10 @@ def _reads_block_0_of(ds: PileDataset, i: int, p: int) -> bool:
     spans = index._span_records[int(record["span_begin"]) : int(record["span_begin"]) + int(record["n_spans"])]
     in_p = (spans["doc"] >= starts[p]) & (spans["doc"] < starts[p + 1])
     return bool((in_p & (spans["offset"] * ds._view.dtype.itemsize < BLOCK)).any())
+
+
+def test_an_empty_batch_has_every_field_and_no_rows(dataset_store: pilestore.Store, model: Path) -> None:
+    ds = PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=model)
+    batch = collate(ds.__getitems__([]))
+    assert batch["input_ids"].shape == (0, 256) and batch["labels"].shape == (0, 256)
+    assert batch["doc_lengths_offsets"].tolist() == [0] and len(batch["n_bytes"]) == 0

@@ -12,7 +12,9 @@ loader       samples/s and tokens/s at seq_len 2048, shuffled, from a DataLoader
              the same token file (the nanoGPT / Megatron way), item by item and a batch at a time; and
              pilestore item by item (without __getitems__, as before it had one); and pilestore lean: only
              input_ids and labels (fields=...), in int64 and in int32; and
-             pilestore's batches sent through shared memory, as before 2026-11-23 (*_shared_memory).
+             pilestore's batches pickled by value through the worker's pipe, as before 2026-11-24
+             (*_by_value; now a batch is copied into a slot of the worker's shared-memory ring); and the
+             trainer process's CPU time per batch (unpickling, DataLoader bookkeeping) for each.
              With CUDA: also batches copied to the GPU.
 memory       resident memory of a DataLoader worker after 20k random samples, for a 10M- and a 100M-sample
              index (synthetic: one long document, the real index format, sparse token files)
@@ -27,6 +29,7 @@ partitions   batched lean int32 reads in one process from the sample corpus as o
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -128,32 +131,33 @@ class PerItem:
         return self.ds[i]
 
 
-class SharedMemoryBatches(PerItem):
-    """pilestore's batched reads as they were before 2026-11-23: each batch in a new shared-memory segment (as
-    torch's default_collate does), which torch hands to the trainer as a file descriptor; pilestore's own
-    batches now pickle as one array copied through the worker's pipe."""
+class ByValueBatches(PerItem):
+    """pilestore's batched reads as a worker sent them before 2026-11-24: pickled by value through the worker's
+    pipe; they now travel through a shared-memory ring of slots (pilestore.ring) and only a slot is named."""
 
     def __getitems__(self, positions: list[int]):  # noqa: ANN204
-        import torch
+        from pilestore.torch import Batch
 
-        from pilestore.samples import RAGGED, batch_layout, carve
-        from pilestore.torch import Batch, Fields
-
-        ds, holder = self.ds, []
-
-        def alloc(size: int) -> np.ndarray:
-            storage = torch.empty(0, dtype=ds.dtype)._typed_storage()._new_shared(size)
-            holder.append(torch.empty(0, dtype=ds.dtype).new(storage))
-            return holder[0].numpy()
-
-        arrays = ds.index.gather(ds.sample_ids(positions), alloc, ds.fields)
-        ragged = {key: len(arrays[key]) for key in RAGGED if key in arrays}
-        _, layout = batch_layout(len(positions), ds.index.seq_len, ragged, ds.fields)
-        return Batch(Fields(carve(holder[0], layout)))  # a plain Fields: pickled by torch's shared-memory reductions
+        batch = self.ds.__getitems__(positions)
+        by_value = _by_value_class()(batch.collated)
+        by_value._buffer, by_value._layout = batch.collated._buffer, batch.collated._layout
+        return Batch(by_value)
 
 
-def rate(loader, batches: int, device: str | None = None) -> tuple[float, int]:  # noqa: ANN001
-    """Samples per second over `batches` batches after the first; and target tokens seen."""
+@functools.cache
+def _by_value_class():  # noqa: ANN202
+    from pilestore.torch import Fields
+
+    class ByValue(Fields):
+        """A Fields that ForkingPickler does not send through the ring (its reducer is registered for Fields
+        exactly): it pickles by value, as Fields.__reduce__ does."""
+
+    return ByValue
+
+
+def rate(loader, batches: int, device: str | None = None) -> tuple[float, int, float]:  # noqa: ANN001
+    """Samples per second over `batches` batches after the first; target tokens seen; and the CPU seconds per
+    batch this (the trainer's) process spent, its DataLoader threads included."""
     it = iter(loader)
     first = next(it)
     sync = None
@@ -162,7 +166,7 @@ def rate(loader, batches: int, device: str | None = None) -> tuple[float, int]: 
 
         sync = torch.cuda.synchronize
         first["input_ids"].to(device, non_blocking=True).long()  # int32 batches widened on the GPU
-    started, samples, targets = time.perf_counter(), 0, 0
+    started, cpu, samples, targets = time.perf_counter(), time.process_time(), 0, 0
     for _ in range(batches):
         batch = next(it)
         if device:
@@ -172,7 +176,8 @@ def rate(loader, batches: int, device: str | None = None) -> tuple[float, int]: 
         targets += int((batch["labels"] != -100).sum())
     if sync is not None:
         sync()
-    return samples / (time.perf_counter() - started), targets
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return samples / elapsed, targets, cpu / batches
 
 
 def _rate(ds, order: list[int]) -> float:  # noqa: ANN001
@@ -265,18 +270,21 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
                 "pilestore_per_item": (PerItem(ds), repeat, collate),
                 "memmap": (MemmapWindows(part, ds._view.dtype.name, n), None, None),
                 "memmap_batched": (MemmapBatches(part, ds._view.dtype.name, n), None, passthrough),
-                "pilestore_shared_memory": (SharedMemoryBatches(ds), repeat, collate),
-                "pilestore_lean_int32_shared_memory": (SharedMemoryBatches(lean32), repeat, collate),
+                "pilestore_by_value": (ByValueBatches(ds), repeat, collate),
+                "pilestore_lean_int32_by_value": (ByValueBatches(lean32), repeat, collate),
             }
             runs: dict[str, list[float]] = {name: [] for name in loaders}
+            cpus: dict[str, list[float]] = {name: [] for name in loaders}
             targets = 0
             for _ in range(rounds):
                 for name, (dataset, order_, collate_fn) in loaders.items():
                     loader = DataLoader(dataset, sampler=order_, collate_fn=collate_fn, **common)
-                    got, seen = rate(loader, batches, device)
+                    got, seen, cpu_per_batch = rate(loader, batches, device)
                     runs[name].append(got)
+                    cpus[name].append(cpu_per_batch)
                     targets = seen if name == "pilestore" else targets
             median = {name: float(np.median(values)) for name, values in runs.items()}
+            cpu = {name: 1e6 * float(np.median(values)) for name, values in cpus.items()}
             emit(
                 "loader",
                 workers=workers,
@@ -290,12 +298,13 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
                 pilestore_lean_int32_samples_per_s=round(median["pilestore_lean_int32"]),
                 lean_int32_tokens_per_s=round(median["pilestore_lean_int32"] * SEQ_LEN),
                 lean_int32_ratio_to_batched=round(median["pilestore_lean_int32"] / median["memmap_batched"], 3),
-                shared_memory_pilestore_samples_per_s=round(median["pilestore_shared_memory"]),
-                shared_memory_lean_int32_samples_per_s=round(median["pilestore_lean_int32_shared_memory"]),
-                pipe_vs_shared_memory=round(median["pilestore"] / median["pilestore_shared_memory"], 3),
-                lean_int32_pipe_vs_shared_memory=round(
-                    median["pilestore_lean_int32"] / median["pilestore_lean_int32_shared_memory"], 3
+                by_value_pilestore_samples_per_s=round(median["pilestore_by_value"]),
+                by_value_lean_int32_samples_per_s=round(median["pilestore_lean_int32_by_value"]),
+                ring_vs_by_value=round(median["pilestore"] / median["pilestore_by_value"], 3),
+                lean_int32_ring_vs_by_value=round(
+                    median["pilestore_lean_int32"] / median["pilestore_lean_int32_by_value"], 3
                 ),
+                trainer_cpu_us_per_batch={name: round(value) for name, value in cpu.items()},
                 memmap_samples_per_s=round(median["memmap"]),
                 memmap_batched_samples_per_s=round(median["memmap_batched"]),
                 ratio=round(median["pilestore"] / median["memmap"], 3),

@@ -18,7 +18,10 @@ state_dict() assumes everything this rank's iterator handed out was consumed (ex
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from . import ring as rings
 from .errors import PilestoreError
 from .sampler import EpochOrder, merge_ranges
 from .samples import FIELDS, FIXED, RAGGED, SCALARS, batch_layout, carve, check_fields
@@ -316,10 +320,10 @@ class PileDataset(torch.utils.data.Dataset):
 
 
 def _packed(buffer: torch.Tensor, layout: dict[str, tuple[int, tuple[int, ...]]]) -> Fields:
-    """The fields of a batch_layout as views of `buffer`, remembering both: pickled (as a DataLoader worker
-    sends a batch to the trainer), such a batch travels as one array copied through the worker's pipe instead
-    of a shared-memory segment created, mapped and handed over per batch. On this project's VM that moved
-    1.6-1.9x the lean batches through one worker (benchmarks.md, "How a batch leaves a worker")."""
+    """The fields of a batch_layout as views of `buffer`, remembering both: such a batch leaves a DataLoader
+    worker as that one buffer, copied into a slot of the worker's shared-memory ring (_reduce_for_pipe), or
+    pickled by value, never as a shared-memory segment created, mapped and handed over per batch
+    (benchmarks.md, "How a batch leaves a worker")."""
     fields = Fields(carve(buffer, layout))
     fields._buffer, fields._layout = buffer, layout
     return fields
@@ -327,6 +331,59 @@ def _packed(buffer: torch.Tensor, layout: dict[str, tuple[int, tuple[int, ...]]]
 
 def _unpacked(array: np.ndarray, layout: dict[str, tuple[int, tuple[int, ...]]]) -> Fields:
     return _packed(torch.from_numpy(array if array.flags.writeable else array.copy()), layout)
+
+
+_worker_ring: rings.Ring | None = None  # this DataLoader worker's ring (pilestore.ring), made with its first batch
+_ring_failed = False  # no ring could be made here (no /dev/shm, or no room in it): batches go by value
+_ring_lock = threading.Lock()
+
+
+def _ring_for(nbytes: int) -> rings.Ring | None:
+    """This worker process's ring, made on first use with slots a quarter larger than this batch; None outside
+    a DataLoader worker or where no ring can be made."""
+    global _worker_ring, _ring_failed
+    from multiprocessing.util import Finalize
+
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is None:
+        return None
+    ring = _worker_ring
+    if ring is not None and ring.pid == os.getpid():
+        return ring
+    if _ring_failed and ring is None:
+        return None
+    ring = _worker_ring = rings.create(max(nbytes + nbytes // 4, 1 << 16))
+    _ring_failed = ring is None
+    if ring is not None:
+        Finalize(ring, rings.close, args=(ring,), exitpriority=10)  # run as the worker ends
+    return ring
+
+
+def _reduce_for_pipe(fields: Fields) -> tuple[Any, ...]:
+    """How a batch leaves a DataLoader worker (ForkingPickler, which multiprocessing queues use): a packed
+    batch is copied into a slot of the worker's ring and only the slot is named; plain pickle, and every batch
+    that does not fit or finds no free slot, pickles by value (Fields.__reduce__). On this project's VM a
+    worker served 1.1-1.6x the batches this way (1.4-2.3x with two workers) and the trainer's process spent
+    0.41-0.77x the CPU time per batch (benchmarks.md, "Through a shared-memory ring of slots")."""
+    buffer = fields._buffer
+    if buffer is not None and fields._layout is not None and fields._is_packed():
+        with _ring_lock:
+            ring = _ring_for(buffer.nbytes)
+            k = ring.put(buffer.numpy()) if ring is not None else None
+        if ring is not None and k is not None:
+            dtype = str(buffer.dtype).removeprefix("torch.")
+            return (_from_ring, (ring.name, ring.pid, k, dtype, buffer.numel(), fields._layout))
+    return fields.__reduce__()
+
+
+def _from_ring(
+    name: str, pid: int, k: int, dtype: str, numel: int, layout: dict[str, tuple[int, tuple[int, ...]]]
+) -> Fields:
+    """The batch in slot k of worker pid's ring, copied into a tensor of this process (the slot is freed)."""
+    out = torch.empty(numel, dtype=getattr(torch, dtype))
+    rings.opened(name, pid).take(k, out.numpy())
+    return _packed(out, layout)
 
 
 def collate(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -404,6 +461,8 @@ class Batch(Sequence[dict[str, torch.Tensor]]):
             item[key] = self.collated[key][begin:end]
         return item
 
+
+ForkingPickler.register(Fields, _reduce_for_pipe)
 
 from .evaluation import eval_loaders, evaluate, reduce_metrics, span_losses  # noqa: E402  (they use PileDataset)
 

@@ -166,6 +166,59 @@ def test_a_batch_pickles_as_its_one_buffer_unless_its_fields_changed(
         assert got.keys() == fields.keys() and all(torch.equal(got[k], fields[k]) for k in fields), name
 
 
+def _rings_here() -> set[Path]:
+    return set(Path("/dev/shm").glob("pilestore-ring-*")) if Path("/dev/shm").is_dir() else set()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_worker_batches_come_through_its_ring_exactly_and_leave_nothing_behind(
+    dataset_store: pilestore.Store, model: Path, method: str
+) -> None:
+    """A worker copies each batch into a slot of its shared-memory ring; batches that do not fit a slot (the
+    ring is sized by the first) or find every slot busy (the trainer has not read them yet) go by value."""
+    import time
+
+    from pilestore import ring as rings
+
+    ds = PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=model)
+    sizes = [1, 8, 8, 32, 8, 8, 8, 8, 8, 8, 1]  # 32 samples: 3x the first slot's 64 KiB, sent by value
+    cuts = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+    batches = [[i % len(ds) for i in range(cuts[k], cuts[k + 1])] for k in range(len(sizes))]
+    before, opened = _rings_here(), set(rings._opened)
+    loader = DataLoader(
+        ds, batch_sampler=batches, num_workers=1, collate_fn=collate, multiprocessing_context=method, prefetch_factor=8
+    )
+    it = iter(loader)
+    time.sleep(3)  # the worker reads ahead up to 8 batches: more than its ring has slots, the rest by value
+    for k, batch in enumerate(it):
+        expected = collate(ds.__getitems__(batches[k]))
+        assert batch.keys() == expected.keys() and all(torch.equal(batch[key], expected[key]) for key in batch), k
+        batch["input_ids"][0, 0] = -5  # the trainer's own memory: writable, and not the slot's
+    assert k == len(batches) - 1
+    assert set(rings._opened) - opened  # the worker's ring, mapped here
+    assert not _rings_here() - before  # its file removed as soon as it was mapped
+
+
+def test_a_ring_the_trainer_never_read_is_removed_when_its_worker_ends(
+    dataset_store: pilestore.Store, model: Path
+) -> None:
+    import time
+
+    ds = PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=model)
+    before = _rings_here()
+    it = iter(DataLoader(ds, batch_size=4, num_workers=1, collate_fn=collate))
+    deadline = time.monotonic() + 30
+    while not _rings_here() - before and time.monotonic() < deadline:  # the worker has sent its first batches
+        time.sleep(0.05)
+    new = _rings_here() - before
+    assert new
+    del it  # shuts the worker down before a batch is read
+    deadline = time.monotonic() + 30
+    while _rings_here() & new and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _rings_here() & new
+
+
 def test_int32_samples_hold_the_int64_values_in_half_the_bytes(dataset_store: pilestore.Store, model: Path) -> None:
     wide = PileDataset(dataset_store, "eval", seq_len=256, context=64, tokenizer=model)
     narrow = PileDataset(dataset_store, "eval", seq_len=256, context=64, tokenizer=model, dtype=torch.int32)

@@ -1,0 +1,172 @@
+"""Shared-memory slots that carry batches from a DataLoader worker to the trainer process.
+
+A worker's batch pickled by value is copied several times on its way through the worker's result pipe (into
+the pickle, into and out of the kernel's 64 KiB pipe buffer a piece at a time, out of the reader's buffer);
+torch's own way (a new shared-memory segment per batch, its file descriptor sent over a socket) creates,
+faults in and maps fresh memory every time. A Ring is made once per worker: a file in /dev/shm holding a few
+slots, its space reserved up front (posix_fallocate: a full /dev/shm, as in a default Docker container, makes
+the ring fail to open here rather than crash a process later). The worker copies a batch into a free slot
+and sends only (ring name, slot, size); the trainer process maps the ring once, copies the slot into a fresh
+tensor of its own and marks the slot free. A batch that does not fit, or finds no free slot, is sent by value
+as before, so a trainer that falls behind never blocks a worker.
+
+    header (4096 bytes)   magic, slot count, slot size, closed flag, one busy byte per slot
+    slot k                at 4096 + k * slot_bytes
+
+The trainer's side unlinks the file as soon as it has mapped it (both mappings live on), so nothing stays in
+/dev/shm once the first batch has arrived; a worker that ends unlinks it too (if nobody opened it) and marks
+the ring closed, and the trainer drops the mappings of closed rings and of rings whose worker is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import secrets
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PilestoreError
+
+HEADER = 4096
+MAGIC = b"PSRING1\0"
+_LAYOUT = struct.Struct("<8sIQ")  # magic, slots, slot_bytes
+_CLOSED = 32  # header byte: the worker has ended
+_BUSY = 64  # header bytes from here: one per slot, 1 while a batch waits in it
+SLOTS = 4  # a worker has at most DataLoader's prefetch_factor (default 2) batches in flight, plus one
+FOLDER = Path("/dev/shm")
+
+
+class RingError(PilestoreError):
+    """A batch's shared-memory ring that cannot be read."""
+
+
+@dataclass
+class Ring:
+    """One process's slots (the worker's side writes, the trainer's side reads and frees)."""
+
+    name: str
+    map: mmap.mmap
+    slots: int
+    slot_bytes: int
+    pid: int
+
+    @property
+    def busy(self) -> np.ndarray:
+        return np.frombuffer(self.map, np.uint8, self.slots, _BUSY)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.map[_CLOSED])
+
+    def slot(self, k: int, nbytes: int) -> np.ndarray:
+        """Slot k's first nbytes bytes."""
+        return np.frombuffer(self.map, np.uint8, nbytes, HEADER + k * self.slot_bytes)
+
+    def put(self, data: np.ndarray) -> int | None:
+        """Copy data (bytes of a contiguous array) into a free slot, mark it busy and return its number; None
+        when it does not fit or every slot is busy (the caller sends the data by value instead)."""
+        if data.nbytes > self.slot_bytes:
+            return None
+        busy = self.busy
+        free = np.flatnonzero(busy == 0)
+        if not len(free):
+            return None
+        k = int(free[0])
+        self.slot(k, data.nbytes)[:] = data.reshape(-1).view(np.uint8)
+        busy[k] = 1  # before the message that names it leaves this process
+        return k
+
+    def take(self, k: int, out: np.ndarray) -> None:
+        """Copy slot k into `out` (a contiguous array of the batch's size) and mark the slot free."""
+        if not 0 <= k < self.slots or out.nbytes > self.slot_bytes:
+            raise RingError(f"{self.name}: slot {k} of {out.nbytes} bytes does not fit this ring of {self.slots}")
+        out.reshape(-1).view(np.uint8)[:] = self.slot(k, out.nbytes)
+        self.busy[k] = 0  # after the copy: the worker may write the slot again
+
+
+def create(slot_bytes: int, slots: int = SLOTS, folder: Path = FOLDER) -> Ring | None:
+    """A new ring in `folder` with room for `slots` batches of slot_bytes, or None where there is no such
+    folder or not enough room in it (the caller sends batches by value)."""
+    slot_bytes = -(-slot_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
+    path = folder / f"pilestore-ring-{os.getpid()}-{secrets.token_hex(6)}"
+    size = HEADER + slots * slot_bytes
+    if not hasattr(os, "posix_fallocate"):  # cannot reserve the space up front (macOS): no ring
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return None
+    try:
+        os.posix_fallocate(fd, 0, size)  # the space is there now, or this fails (no SIGBUS on a later write)
+        mapped = mmap.mmap(fd, size)
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return None
+    finally:
+        os.close(fd)
+    mapped[: _LAYOUT.size] = _LAYOUT.pack(MAGIC, slots, slot_bytes)
+    return Ring(str(path), mapped, slots, slot_bytes, os.getpid())
+
+
+def close(ring: Ring) -> None:
+    """The worker's side is done: mark the ring closed and remove its file if the trainer never opened it."""
+    ring.map[_CLOSED] = 1
+    Path(ring.name).unlink(missing_ok=True)
+
+
+_opened: dict[str, Ring] = {}  # the trainer's side: rings mapped in this process, by name
+_lock = threading.Lock()  # DataLoader's pin-memory thread unpickles batches too
+
+
+def opened(name: str, pid: int) -> Ring:
+    """The ring `name` of worker `pid`, mapped in this process once (its file is removed as soon as it is)."""
+    with _lock:
+        ring = _opened.get(name)
+        if ring is None:
+            ring = _opened[name] = _open(name, pid)
+            for other in [r for r in _opened.values() if r is not ring and _ended(r)]:
+                del _opened[other.name]
+                with contextlib.suppress(BufferError):  # a view of it still alive: the map goes with the view
+                    other.map.close()
+        return ring
+
+
+def _open(name: str, pid: int) -> Ring:
+    try:
+        fd = os.open(name, os.O_RDWR)
+    except OSError as err:
+        raise RingError(
+            f"{name}: the shared memory of DataLoader worker {pid}'s batches is gone ({err.strerror}); was the "
+            "batch unpickled in a process other than the DataLoader's own? Pickle batches with plain pickle there"
+        ) from err
+    try:
+        size = os.fstat(fd).st_size
+        mapped = mmap.mmap(fd, size) if size >= HEADER else None
+    finally:
+        os.close(fd)
+        Path(name).unlink(missing_ok=True)  # both processes keep their mappings; nothing is left in /dev/shm
+    magic, slots, slot_bytes = _LAYOUT.unpack_from(mapped) if mapped is not None else (b"", 0, 0)
+    if mapped is None or magic != MAGIC or size != HEADER + slots * slot_bytes:
+        if mapped is not None:
+            mapped.close()
+        raise RingError(f"{name}: not a pilestore batch ring ({size} bytes, magic {magic!r})")
+    return Ring(name, mapped, slots, slot_bytes, pid)
+
+
+def _ended(ring: Ring) -> bool:
+    """Whether the ring's worker has closed it or is gone."""
+    if ring.closed:
+        return True
+    try:
+        os.kill(ring.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

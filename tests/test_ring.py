@@ -1,0 +1,79 @@
+"""The shared-memory ring a DataLoader worker sends batches through (pilestore.ring), on real files and maps;
+the ring under a real DataLoader is tested in test_torch_dataset.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pilestore import ring as rings
+
+
+def test_a_batch_goes_through_a_slot_and_frees_it(tmp_path: Path) -> None:
+    ring = rings.create(10_000, slots=3, folder=tmp_path)
+    assert ring is not None and ring.slot_bytes % 4096 == 0 and ring.slot_bytes >= 10_000
+    batches = [np.arange(k * 1000, k * 1000 + 2500, dtype=np.int32) for k in range(4)]
+    slots = [ring.put(b) for b in batches]
+    assert slots == [0, 1, 2, None]  # the fourth finds no free slot: its caller sends it by value
+    other = rings.opened(ring.name, os.getpid())  # the trainer's side: a mapping of its own
+    assert other is not ring and not Path(ring.name).exists()  # nothing left in the folder once opened
+    out = np.empty(2500, np.int32)
+    other.take(1, out)
+    assert np.array_equal(out, batches[1]) and ring.busy.tolist() == [1, 0, 1]
+    assert ring.put(batches[3]) == 1  # the freed slot is used again, the others still hold their batches
+    for k, expected in ((0, batches[0]), (1, batches[3]), (2, batches[2])):
+        other.take(k, out)
+        assert np.array_equal(out, expected)
+    assert ring.busy.tolist() == [0, 0, 0]
+    assert ring.put(np.zeros(ring.slot_bytes + 1, np.uint8)) is None  # too big for a slot: by value
+    with pytest.raises(rings.RingError, match="does not fit"):
+        other.take(3, out)
+
+
+def test_the_trainer_side_drops_rings_whose_worker_ended(tmp_path: Path) -> None:
+    first = rings.create(4096, folder=tmp_path)
+    second = rings.create(4096, folder=tmp_path)
+    assert first is not None and second is not None
+    rings.opened(first.name, os.getpid())
+    rings.close(first)  # the worker's side ends (after the trainer opened it: the file is already gone)
+    rings.opened(second.name, os.getpid())
+    assert first.name not in rings._opened and second.name in rings._opened
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    third = rings.create(4096, folder=tmp_path)
+    assert third is not None
+    rings.opened(third.name, int(gone.stdout))  # a worker that is gone without closing (killed)
+    fourth = rings.create(4096, folder=tmp_path)
+    assert fourth is not None
+    rings.opened(fourth.name, os.getpid())
+    assert third.name not in rings._opened and second.name in rings._opened  # the live one stays
+    for ring in (second, fourth):
+        rings.close(ring)
+
+
+def test_a_ring_nobody_opened_is_removed_when_its_worker_ends(tmp_path: Path) -> None:
+    ring = rings.create(4096, folder=tmp_path)
+    assert ring is not None and Path(ring.name).exists()
+    rings.close(ring)
+    assert ring.closed and not list(tmp_path.iterdir())
+
+
+def test_no_folder_or_no_room_means_no_ring(tmp_path: Path) -> None:
+    assert rings.create(4096, folder=tmp_path / "missing") is None
+    if Path("/dev/shm").is_dir():
+        free = os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize
+        assert rings.create(free + (1 << 30), slots=1) is None  # refused now, not a SIGBUS on a later write
+        assert not [p for p in Path("/dev/shm").glob(f"pilestore-ring-{os.getpid()}-*")]
+
+
+def test_a_missing_or_foreign_ring_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(rings.RingError, match=r"worker 123's batches is gone"):
+        rings.opened(str(tmp_path / "pilestore-ring-123-gone"), 123)
+    foreign = tmp_path / "pilestore-ring-1-foreign"
+    foreign.write_bytes(b"\0" * 8192)
+    with pytest.raises(rings.RingError, match="not a pilestore batch ring"):
+        rings.opened(str(foreign), os.getpid())

@@ -35,7 +35,7 @@ from .errors import PilestoreError
 from .manifest import now, read_sealed, write_sealed, writer_lock
 from .shards import file_sha256
 from .store import Store
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, TokenizerError
 
 TOKENS_DIR = "tokens"
 VIEW_FILE = "view.json"
@@ -58,10 +58,11 @@ def token_dtype(vocab_size: int) -> np.dtype:
     raise TokensError(f"vocabulary of {vocab_size:,} ids does not fit 32 bits")
 
 
-def view_dir(store: Store, tokenizer: Tokenizer) -> Path:
-    """tokens/<stem>-<sha256[:12]>: the view of this tokenizer, found by its hash whatever the file is called."""
-    same = sorted((store.path / TOKENS_DIR).glob(f"*-{tokenizer.sha256[:12]}"))
-    return same[0] if same else store.path / TOKENS_DIR / f"{tokenizer.path.stem}-{tokenizer.sha256[:12]}"
+def view_dir(store: Store, tokenizer: Path, sha256: str) -> Path:
+    """tokens/<stem>-<sha256[:12]>: the view of the tokenizer file whose bytes have this sha256, found by its hash
+    whatever the file is called."""
+    same = sorted((store.path / TOKENS_DIR).glob(f"*-{sha256[:12]}"))
+    return same[0] if same else store.path / TOKENS_DIR / f"{tokenizer.stem}-{sha256[:12]}"
 
 
 class TokenDamageError(TokensError):
@@ -235,7 +236,7 @@ def tokenize(
     store and the view's copy of the tokenizer from storage every node sees; view.json is written here."""
     check_executor(executor)
     tokenizer = Tokenizer(tokenizer_path)
-    folder = view_dir(store, tokenizer)
+    folder = view_dir(store, tokenizer.path, tokenizer.sha256)
     dtype = token_dtype(tokenizer.vocab_size)
     with writer_lock(store.path):
         folder.mkdir(parents=True, exist_ok=True)
@@ -436,8 +437,10 @@ def _random_memmap(path: Path, dtype: np.dtype) -> np.ndarray:
 
 def find_view(store: Store, tokenizer_path: Path | None) -> TokenView:
     """The store's tokenized view for this tokenizer, or its only view; a clear error otherwise."""
-    if tokenizer_path is not None:
-        return TokenView(view_dir(store, Tokenizer(tokenizer_path)))
+    if tokenizer_path is not None:  # found by the file's hash: the tokenizer itself is not loaded (nor numba)
+        if not Path(tokenizer_path).is_file():
+            raise TokenizerError(f"{tokenizer_path}: no such tokenizer file")
+        return TokenView(view_dir(store, Path(tokenizer_path), file_sha256(Path(tokenizer_path))))
     views = sorted(p.parent for p in (store.path / TOKENS_DIR).glob(f"*/{VIEW_FILE}"))
     if not views:
         raise PilestoreError(f"{store.path}: not tokenized yet; run `pilestore tokenize --tokenizer tok.model`")

@@ -219,6 +219,26 @@ def test_a_ring_the_trainer_never_read_is_removed_when_its_worker_ends(
     assert not _rings_here() & new
 
 
+def test_opening_and_reading_import_nothing_heavy(dataset_store: pilestore.Store, model: Path) -> None:
+    """Arrow's to_numpy() imports pandas where it is installed (as the `bench` extra and HF `datasets` do):
+    0.4 s more at every open, in every DataLoader worker. Index columns are viewed without it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pilestore\n"
+        "from pilestore.torch import PileDataset\n"
+        f"store = pilestore.open({str(dataset_store.path)!r})\n"
+        "store[0].text\n"
+        f"ds = PileDataset(store, 'train', seq_len=256, context=64, tokenizer={str(model)!r})\n"
+        "ds[0], ds.__getitems__([1, 2, 3])\n"
+        "print(sorted(m for m in ('pandas', 'numba') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "[]"
+
+
 def test_int32_samples_hold_the_int64_values_in_half_the_bytes(dataset_store: pilestore.Store, model: Path) -> None:
     wide = PileDataset(dataset_store, "eval", seq_len=256, context=64, tokenizer=model)
     narrow = PileDataset(dataset_store, "eval", seq_len=256, context=64, tokenizer=model, dtype=torch.int32)

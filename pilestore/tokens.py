@@ -79,7 +79,8 @@ def block_sums(path: Path, chunk: int = 4096 * BLOCK) -> np.ndarray:
     return np.array(sums, dtype=np.uint64)
 
 
-_PART_SHIFT = 40  # check_spans keys: partition << 40 | block (2**40 blocks of 4 KiB per partition)
+_FEW_SPANS = 64  # check_spans finds the blocks of up to this many spans in Python, of more with numpy
+_PART_SHIFT = 40  # _blocks_of_many's keys: partition << 40 | block (2**40 blocks of 4 KiB per partition)
 _BLOCK_MASK = (1 << _PART_SHIFT) - 1
 
 
@@ -355,12 +356,30 @@ class TokenView:
 
     def check_spans(self, part: np.ndarray, begin: np.ndarray, end: np.ndarray) -> None:
         """PartitionTokens.read()'s checks for the spans of a batch at once: tokens[begin[k]:end[k]] of partition
-        part[k] lie in its file and the blocks they lie in match their checksums. The numpy work is done once for
-        the batch, not once per partition (16 samples of a 30-shard store touch ~12), each block hashed once."""
+        part[k] lie in its file and the blocks they lie in match their checksums, each block hashed once (16
+        samples of a 30-shard store touch ~12 partitions)."""
+        find = self._blocks_of_few if len(part) <= _FEW_SPANS else self._blocks_of_many
+        for p, blocks in find(part, begin, end).items():
+            self.partition(p).check_blocks(blocks)
+
+    def _blocks_of_few(self, part: np.ndarray, begin: np.ndarray, end: np.ndarray) -> dict[int, list[int]]:
+        """check_spans' range checks and blocks per partition in one Python pass: for a batch of 16 samples
+        0.58-0.80x the time of _blocks_of_many's ~15 numpy calls (1.2-1.4x at 256 samples)."""
+        size = self.dtype.itemsize
+        blocks: dict[int, set[int]] = {}
+        for p, b, e in zip(part.tolist(), begin.tolist(), end.tolist(), strict=True):
+            tokens = self.partition(p)
+            if not 0 <= b <= e <= len(tokens.tokens):
+                tokens.check_range(b, e)  # raises, naming the file
+            if e > b:
+                blocks.setdefault(p, set()).update(range(b * size // BLOCK, (e * size - 1) // BLOCK + 1))
+        return {p: sorted(found) for p, found in blocks.items()}
+
+    def _blocks_of_many(self, part: np.ndarray, begin: np.ndarray, end: np.ndarray) -> dict[int, list[int]]:
+        """_blocks_of_few with numpy over the whole batch: one np.unique over partition-and-block keys."""
         parts = np.unique(part)
         sizes = np.array([len(self.partition(p).tokens) for p in parts.tolist()], dtype=np.int64)
-        limit = sizes[0] if len(parts) == 1 else sizes[np.searchsorted(parts, part)]
-        outside = (begin < 0) | (begin > end) | (end > limit)
+        outside = (begin < 0) | (begin > end) | (end > sizes[np.searchsorted(parts, part)])
         if outside.any():
             k = int(np.argmax(outside))
             self.partition(int(part[k])).check_range(int(begin[k]), int(end[k]))  # raises, naming the file
@@ -369,13 +388,10 @@ class TokenView:
         first = begin[some] * size // BLOCK
         spread = (end[some] * size - 1) // BLOCK - first + 1
         blocks = np.arange(int(spread.sum())) + np.repeat(first - (np.cumsum(spread) - spread), spread)
-        if len(parts) == 1:  # no keys to build: 30-60 us less per batch of the common one-file case
-            self.partition(int(parts[0])).check_blocks(np.unique(blocks).tolist())
-            return
         keys = np.unique((np.repeat(part[some].astype(np.int64), spread) << _PART_SHIFT) | blocks)
         cut = np.flatnonzero(np.diff(keys >> _PART_SHIFT)) + 1
-        for group in np.split(keys, cut) if len(keys) else ():
-            self.partition(int(group[0] >> _PART_SHIFT)).check_blocks((group & _BLOCK_MASK).tolist())
+        groups = np.split(keys, cut) if len(keys) else []
+        return {int(group[0] >> _PART_SHIFT): (group & _BLOCK_MASK).tolist() for group in groups}
 
     def byte_ends(self, p: int, doc: int) -> np.ndarray:
         """Where each token of document `doc` (local to partition p) ends in its UTF-8 text."""

@@ -343,7 +343,7 @@ def synthetic_store(work: Path, n: int) -> Path:
 
     from pilestore.ingest import ingest
     from pilestore.manifest import write_sealed
-    from pilestore.samples import _SAMPLE_MULT, GENERATION_KEY, SAMPLE_RECORD, SPAN_RECORD, record_checks
+    from pilestore.samples import GENERATION_KEY, SAMPLE_RECORD, SPAN_RECORD, record_checks
     from pilestore.tokens import BLOCK
 
     folder = work / f"synthetic-{n}"
@@ -406,13 +406,10 @@ def synthetic_store(work: Path, n: int) -> Path:
         for field in ("doc", "start", "context", "target", "n_bytes", "subset", "eod"):
             span_records[field][k] = spans[field][k]
         span_records["offset"][k] = spans["start"][k]  # the one document starts at token 0
-        sample_records["span_begin"][k] = samples["span_begin"][k] - a  # chunk-relative for record_checks
+        sample_records["span_begin"][k] = samples["span_begin"][k]
         sample_records["n_spans"][k] = 1
         sample_records["n_tokens"][k] = SEQ_LEN + 1
-        with np.errstate(over="ignore"):  # the check is linear in span_begin: add what the chunk's start adds
-            shift = np.uint64(a) * _SAMPLE_MULT[0]
-            sample_records["check"][k] = record_checks(sample_records[k], span_records[k]) + shift
-        sample_records["span_begin"][k] = samples["span_begin"][k]
+        sample_records["check"][k] = record_checks(sample_records[k], span_records[k], first_span=a)
     name = f"eval-L{SEQ_LEN}-C{CONTEXT}"
     generation = {GENERATION_KEY: f"synthetic-{n}"}
     write_arrow(view / "samples" / f"{name}.rows.arrow", {"span": _records(span_records)}, generation)

@@ -30,12 +30,6 @@ SCHEMA = pa.schema(
     metadata={"pilestore.index": "2"},
 )
 DTYPES = {field.name: field.type.to_pandas_dtype() for field in SCHEMA}
-# Arrow's own to_numpy() imports pandas where it is installed (0.4 s at every open, in every worker): numeric
-# columns are viewed with np.frombuffer instead.
-_NUMERIC = {
-    getattr(pa, name)(): np.dtype(name)
-    for name in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32", "float64")
-}
 
 
 def write_index(path: Path, columns: dict[str, np.ndarray]) -> None:
@@ -105,9 +99,11 @@ def _column_view(column: pa.Array) -> np.ndarray:
         width = column.type.byte_width
         data = column.buffers()[1]
         return np.frombuffer(data, np.uint8, len(column) * width, column.offset * width).reshape(len(column), width)
-    dtype = _NUMERIC.get(column.type)
-    if dtype is None or column.null_count:
-        raise pa.ArrowInvalid(f"a column of {column.type} with {column.null_count} nulls has no zero-copy numpy view")
+    # not column.to_numpy(): it imports pandas where pandas is installed (0.4 s at every open, in every worker)
+    kind = column.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)) or column.null_count:
+        raise pa.ArrowInvalid(f"a column of {kind} with {column.null_count} nulls has no zero-copy numpy view")
+    dtype = np.dtype(kind.to_pandas_dtype())  # a numpy type for numbers (pandas not needed)
     return np.frombuffer(column.buffers()[1], dtype, len(column), column.offset * dtype.itemsize)
 
 

@@ -127,8 +127,9 @@ def span_bytes(
     return out
 
 
-def record_checks(sample_records: np.ndarray, span_records: np.ndarray) -> np.ndarray:
-    """The check of every sample (see _MULTIPLIERS) from its record and its span records, all at once."""
+def record_checks(sample_records: np.ndarray, span_records: np.ndarray, first_span: int = 0) -> np.ndarray:
+    """The check of every sample (see _MULTIPLIERS) from its record and its span records, all at once.
+    span_records[k] is span first_span + k (a chunk of the samples comes with the chunk of their spans)."""
     with np.errstate(over="ignore"):
         head = sample_records.view(np.uint64).reshape(len(sample_records), -1)[:, :_SAMPLE_WORDS]
         checks = (head * _SAMPLE_MULT).sum(axis=1, dtype=np.uint64)
@@ -137,7 +138,7 @@ def record_checks(sample_records: np.ndarray, span_records: np.ndarray) -> np.nd
                 axis=1, dtype=np.uint64
             )
             has_spans = sample_records["n_spans"] > 0
-            begins = sample_records["span_begin"][has_spans]
+            begins = sample_records["span_begin"][has_spans] - first_span
             checks[has_spans] += np.add.reduceat(per_span, begins).astype(np.uint64)
     return checks
 
@@ -615,14 +616,11 @@ class SampleIndex:
         """Lay span k out at slot at[k] of sample row[k] (_fill_spans), after the checks read() makes: its tokens
         lie in their partition's file and the blocks they lie in match their checksums (when tokens are copied:
         position_ids alone read none)."""
-        starts = self._doc_starts()
         source = spans["offset"]
-        if len(starts) == 2:  # one partition: no search, every span's tokens in the same file
-            part = np.zeros(len(source), np.int64)
-            files = [self.view.partition(0).tokens] * len(source)
-        else:
-            part = np.searchsorted(starts, spans["doc"], side="right") - 1
-            files = [self.view.partition(p).tokens for p in part.tolist()]
+        part = np.searchsorted(self._doc_starts(), spans["doc"], side="right") - 1
+        parts = part.tolist()
+        tokens = {p: self.view.partition(p).tokens for p in set(parts)}
+        files = [tokens[p] for p in parts]
         if "input_ids" in out or "labels" in out:
             self.view.check_spans(part, source, source + context + target)
         columns = (row, at, spans["eod"], context, target, source)

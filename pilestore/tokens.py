@@ -453,11 +453,18 @@ def _random_memmap(path: Path, dtype: np.dtype) -> np.ndarray:
 
 def find_view(store: Store, tokenizer_path: Path | None) -> TokenView:
     """The store's tokenized view for this tokenizer, or its only view; a clear error otherwise."""
+    views = sorted(p.parent for p in (store.path / TOKENS_DIR).glob(f"*/{VIEW_FILE}"))
     if tokenizer_path is not None:  # found by the file's hash: the tokenizer itself is not loaded (nor numba)
         if not Path(tokenizer_path).is_file():
             raise TokenizerError(f"{tokenizer_path}: no such tokenizer file")
-        return TokenView(view_dir(store, Path(tokenizer_path), file_sha256(Path(tokenizer_path))))
-    views = sorted(p.parent for p in (store.path / TOKENS_DIR).glob(f"*/{VIEW_FILE}"))
+        folder = view_dir(store, Path(tokenizer_path), file_sha256(Path(tokenizer_path)))
+        if folder not in views:
+            names = ", ".join(v.name for v in views) or "none"
+            raise TokensError(
+                f"{store.path}: not tokenized with {tokenizer_path} (its views: {names}); "
+                f"run `pilestore tokenize --tokenizer {tokenizer_path}`"
+            )
+        return TokenView(folder)
     if not views:
         raise PilestoreError(f"{store.path}: not tokenized yet; run `pilestore tokenize --tokenizer tok.model`")
     if len(views) > 1:

@@ -333,31 +333,26 @@ def _unpacked(array: np.ndarray, layout: dict[str, tuple[int, tuple[int, ...]]])
     return _packed(torch.from_numpy(array if array.flags.writeable else array.copy()), layout)
 
 
-_worker_ring: rings.Ring | None = None  # this DataLoader worker's ring (pilestore.ring), made with its first batch
-_ring_failed = False  # no ring could be made here (no /dev/shm, or no room in it): batches go by value
+_worker_ring: tuple[int, rings.Ring | None] | None = None  # (pid, its ring or None where none could be made)
 _ring_lock = threading.Lock()
 
 
 def _ring_for(nbytes: int) -> rings.Ring | None:
     """This worker process's ring, made on first use with slots a quarter larger than this batch; None outside
     a DataLoader worker or where no ring can be made."""
-    global _worker_ring, _ring_failed
+    global _worker_ring
     from multiprocessing.util import Finalize
 
     from torch.utils.data import get_worker_info
 
     if get_worker_info() is None:
         return None
-    ring = _worker_ring
-    if ring is not None and ring.pid == os.getpid():
-        return ring
-    if _ring_failed and ring is None:
-        return None
-    ring = _worker_ring = rings.create(max(nbytes + nbytes // 4, 1 << 16))
-    _ring_failed = ring is None
-    if ring is not None:
-        Finalize(ring, rings.close, args=(ring,), exitpriority=10)  # run as the worker ends
-    return ring
+    if _worker_ring is None or _worker_ring[0] != os.getpid():  # first batch of this process: tried once
+        ring = rings.create(max(nbytes + nbytes // 4, 1 << 16))  # None: no /dev/shm or no room, all by value
+        if ring is not None:
+            Finalize(ring, rings.close, args=(ring,), exitpriority=10)  # run as the worker ends
+        _worker_ring = (os.getpid(), ring)
+    return _worker_ring[1]
 
 
 def _reduce_for_pipe(fields: Fields) -> tuple[Any, ...]:

@@ -546,3 +546,19 @@ def test_a_view_of_an_older_format_is_refused_with_what_to_do(
     write_sealed(folder / "p00001.done", done)
     with pytest.raises(TokensError, match="older pilestore"):
         tokenize(pilestore.open(store_dir), model)
+
+
+def test_record_checks_of_a_chunk_of_samples_equal_those_of_all() -> None:
+    """record_checks over samples 2.. with only their spans (first_span) gives the checks of the whole index."""
+    from pilestore.samples import SAMPLE_RECORD, SPAN_RECORD, record_checks
+
+    rng = np.random.default_rng(6)
+    counts = [2, 1, 3, 1, 2]
+    spans = np.zeros(sum(counts), SPAN_RECORD)
+    spans["doc"], spans["start"] = rng.integers(0, 1000, len(spans)), rng.integers(0, 10**9, len(spans))
+    samples = np.zeros(len(counts), SAMPLE_RECORD)
+    samples["span_begin"] = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    samples["n_spans"], samples["n_tokens"] = counts, 65
+    whole = record_checks(samples, spans)
+    first = int(samples["span_begin"][2])
+    assert np.array_equal(record_checks(samples[2:], spans[first:], first_span=first), whole[2:])

@@ -265,6 +265,20 @@ def test_unknown_empty_or_repeated_fields_are_refused(
         PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=model, fields=fields)
 
 
+def test_a_tokenizer_file_missing_or_not_used_by_the_store_is_named(
+    dataset_store: pilestore.Store, model: Path, tmp_path: Path
+) -> None:
+    from pilestore.tokenizer import TokenizerError
+    from pilestore.tokens import TokensError
+
+    with pytest.raises(TokenizerError, match="none.model: no such tokenizer file"):
+        PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=tmp_path / "none.model")
+    other = tmp_path / "other.model"
+    other.write_bytes(model.read_bytes() + b"\0")  # another file: another hash, no view of it in the store
+    with pytest.raises(TokensError, match=r"not tokenized with .*other\.model .*pilestore tokenize --tokenizer"):
+        PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=other)
+
+
 def test_eval_view_and_fingerprints(dataset_store: pilestore.Store, model: Path) -> None:
     train = PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=model)
     evaluation = PileDataset(dataset_store, "eval", seq_len=256, context=64, tokenizer=model)

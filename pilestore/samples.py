@@ -25,6 +25,8 @@ This module reads indexes (numpy and pyarrow only); windows.py builds them with 
 from __future__ import annotations
 
 import bisect
+import functools
+import itertools
 import math
 import os
 import time
@@ -151,6 +153,11 @@ def _record_ok(check: int, head: np.ndarray, span_words: np.ndarray, count: int)
     return check == total % (1 << 64)
 
 
+def _as_words(records: np.ndarray, dtype: type) -> np.ndarray:
+    """Records seen as rows of integers of `dtype` (a view)."""
+    return records.view(dtype).reshape(len(records), records.dtype.itemsize // np.dtype(dtype).itemsize)
+
+
 def _records(pa: Any, records: np.ndarray) -> Any:
     """A structured numpy array as an Arrow fixed_size_binary column (one record per row)."""
     width = records.dtype.itemsize
@@ -207,71 +214,6 @@ def batch_layout(
 def carve(buffer: Any, layout: Mapping[str, tuple[int, tuple[int, ...]]]) -> dict[str, Any]:
     """The fields of a batch_layout as views of `buffer` (a numpy array or a torch tensor)."""
     return {key: buffer[at : at + math.prod(shape)].reshape(shape) for key, (at, shape) in layout.items()}
-
-
-def _fill_spans(
-    files: list[np.ndarray],
-    rows: list[int],
-    at: list[int],
-    eod: list[int],
-    context: list[int],
-    target: list[int],
-    source: list[int],
-    eod_id: int,
-    out: dict[str, np.ndarray],
-) -> None:
-    """Write spans into out's input_ids, labels and position_ids ([B, seq_len]): span k is x-tokens
-    [eod] * eod[k] + tokens[source[k] : source[k] + context[k] + target[k]] (tokens = files[k], the token file of
-    its partition) at slot at[k] of sample rows[k]; its last target[k] x-tokens are labels (labels[q - 1] = x[q];
-    IGNORE where x[q] is context or [eod]); positions count from 0. Fields missing from `out` are skipped. A few
-    slice copies per span (as fast as a numba loop here: the copies are bound by memory). With input_ids, labels
-    are input_ids shifted by one (one copy for the batch), then masked per span and given each sample's last
-    x-token: a copy less per span (this function took 0.77-0.83x the time on the sample corpus's batches)."""
-    input_ids, labels, positions = out.get("input_ids"), out.get("labels"), out.get("position_ids")
-    width = next(array for array in (input_ids, labels, positions) if array is not None).shape[1]
-    shifted = input_ids is not None and labels is not None
-    masks: list[tuple[int, int, int]] = []  # (row, first, end) of labels to set to IGNORE once shifted
-    last: list[tuple[int, int]] = []  # (row, token) of spans ending at their sample's last x-token
-    for tokens, r, a, e, c, t, s in zip(files, rows, at, eod, context, target, source, strict=True):
-        n = e + c + t
-        stop = min(n, width - a)  # the sample's last x-token is a label only
-        if input_ids is not None:
-            if e and stop > 0:
-                input_ids[r, a] = eod_id
-            input_ids[r, a + e : a + stop] = tokens[s : s + stop - e]
-        if positions is not None:
-            positions[r, a : a + stop] = _ARANGE[:stop] if stop <= len(_ARANGE) else np.arange(stop)
-        if labels is None:
-            continue
-        first_target, low = a + n - t, max(a, 1)
-        if shifted:
-            if first_target > low:
-                masks.append((r, low - 1, first_target - 1))
-            if a + n > width:
-                last.append((r, int(tokens[s - e + n - 1])))
-            continue
-        if first_target > low:
-            labels[r, low - 1 : first_target - 1] = IGNORE
-        low = max(first_target, 1)
-        labels[r, low - 1 : a + n - 1] = tokens[s - e + low - a : s - e + n]
-    if shifted:  # rows that stop short of the last x-token are padded afterwards (_fill_padding), labels too
-        labels[:, :-1] = input_ids[:, 1:]
-        for r, token in last:
-            labels[r, -1] = token
-        for r, first, end in masks:
-            labels[r, first:end] = IGNORE
-
-
-def _fill_padding(rows: np.ndarray, used: np.ndarray, out: dict[str, np.ndarray]) -> None:
-    """Slots from used[r] on in each of `rows`: input id 0 ([PAD] in the Pile configuration), position 0, IGNORE."""
-    for r in rows.tolist():
-        u = int(used[r])
-        if "input_ids" in out:
-            out["input_ids"][r, u:] = 0
-        if "position_ids" in out:
-            out["position_ids"][r, u:] = 0
-        if "labels" in out:
-            out["labels"][r, max(u, 1) - 1 :] = IGNORE
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,6 +406,7 @@ class SampleIndex:
         self.subset_names: list[str] = list(self.info["subsets"])
         self.subset_samples = np.asarray(self.info["subset_samples"], dtype=np.int64)
         self._doc_first: list[int] | None = None
+        self._files: tuple[Any, np.ndarray, np.ndarray] | None = None
 
     def _open(self, folder: Path, name: str) -> None:
         try:
@@ -548,83 +491,76 @@ class SampleIndex:
         self, ids: Any, alloc: Callable[[int], np.ndarray] | None = None, fields: Sequence[str] = FIELDS
     ) -> dict[str, np.ndarray]:
         """Samples `ids` as one batch: the fields of pilestore.torch.collate([ds[i] for i in ids]), built for
-        the whole batch at once (records and checks vectorised, a few slice copies per span) and checked as
-        __getitem__ checks a sample. alloc(n) gives the batch's buffer of n int64 or int32 items (default: np.empty
-        int64).
+        the whole batch at once by two numba kernels (assemble.py: records checked as __getitem__ checks them,
+        then the spans laid out), the token blocks they were copied from hashed before the batch is returned.
+        alloc(n) gives the batch's buffer of n int64 or int32 items (default: np.empty int64).
         fields: the ones to build (check_fields); a trainer that reads only input_ids and labels moves a third
         fewer bytes. Every sample's records are checked whatever the fields; token blocks when tokens are read."""
+        from . import assemble
+
         fields = check_fields(fields)
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         n = len(self)
         if len(ids) and (ids.min() < -n or ids.max() >= n):
             raise IndexError(f"samples out of range for {n} samples")
         ids = ids % max(n, 1)
-        b, size = len(ids), self.seq_len + 1
-        records = self._sample_records[ids]
-        first, count = records["span_begin"], records["n_spans"].astype(np.int64)
-        bad = (first < 0) | (count < 0) | (count > size) | (first + count > len(self._span_records))
-        if bad.any():
-            self._damaged(int(ids[np.argmax(bad)]))
-        ends = np.cumsum(count)
-        begins = ends - count
-        total = int(ends[-1]) if b else 0
-        row = np.repeat(np.arange(b), count)
-        spans = self._span_records[np.arange(total) + np.repeat(first - begins, count)]
-        with np.errstate(over="ignore"):
-            words = spans.view(np.uint64).reshape(total, _SPAN_WORDS)
-            per_span = (words * _SPAN_MULT).sum(axis=1, dtype=np.uint64)
-            summed = np.concatenate((np.zeros(1, np.uint64), np.cumsum(per_span, dtype=np.uint64)))
-            checks = (self._sample_words[ids, :_SAMPLE_WORDS] * _SAMPLE_MULT).sum(axis=1, dtype=np.uint64)
-            checks += summed[ends] - summed[begins]
-        if (checks != records["check"]).any():
-            self._damaged(int(ids[np.argmax(checks != records["check"])]))
-        eod = spans["eod"].astype(np.int64)
-        context, target = spans["context"].astype(np.int64), spans["target"].astype(np.int64)
-        lengths = eod + context + target
-        cumulative = np.concatenate(([0], np.cumsum(lengths)))
-        used = cumulative[ends] - cumulative[begins]
-        bad = used > size
-        bad[row[(eod < 0) | (context < 0) | (target < 0)]] = True
-        if bad.any():  # only a faulty build gets here (records are checked): spans that do not fit their sample
-            self._damaged(int(ids[np.argmax(bad)]))
-        padded = used < size
-        ragged = {"doc_lengths": total + int(padded.sum()), "span_bytes": total, "subset": total}
-        buffer_size, layout = batch_layout(b, self.seq_len, ragged, fields)
-        out = carve(alloc(buffer_size) if alloc is not None else np.empty(buffer_size, np.int64), layout)
-        if any(key in out for key in FIXED):
-            slots = cumulative[:-1] - np.repeat(cumulative[begins], count)  # each span's first slot in its sample
-            self._copy_tokens(spans, row, slots, context, target, out)
-            _fill_padding(np.flatnonzero(padded), used, out)
-        span_offsets = np.concatenate(([0], ends))
-        for key, values in (("n_bytes", records["n_bytes"]), ("sample", ids)):
-            if key in out:
-                out[key][:] = values
-        for key in ("span_bytes", "subset"):
-            if key in out:
-                out[key][:] = spans["n_bytes" if key == "span_bytes" else key]
-                out[f"{key}_offsets"][:] = span_offsets
-        if "doc_lengths" in out:
-            offsets = np.concatenate(([0], np.cumsum(count + padded)))
-            out["doc_lengths"][np.arange(total) + np.repeat(offsets[:-1] - begins, count)] = lengths
-            out["doc_lengths"][(offsets[1:] - 1)[padded]] = (size - used)[padded]
-            out["doc_lengths_offsets"][:] = offsets
+        files, doc_first, part_tokens = self._token_files()
+        (i64, i32, u64), (s64, s32, s16, s8, su64) = self._words
+        status, where, total, padded = assemble.plan(
+            ids, i64, i32, u64, s64, s32, s8, su64, _SAMPLE_MULT, _SPAN_MULT, self.seq_len + 1, doc_first, part_tokens
+        )
+        if status == assemble.DAMAGED:
+            self._damaged(int(ids[where]))
+        if status == assemble.OUTSIDE:
+            self._outside(where)
+        ragged = {"doc_lengths": total + padded, "span_bytes": total, "subset": total}
+        buffer_size, layout = batch_layout(len(ids), self.seq_len, ragged, fields)
+        buffer = alloc(buffer_size) if alloc is not None else np.empty(buffer_size, np.int64)
+        out = carve(buffer, layout)
+        empty = (np.empty(0, buffer.dtype), np.empty((0, 0), buffer.dtype))
+        arrays = [out.get(key, empty[key in FIXED]) for key in (*FIXED, *SCALARS)]
+        for key in RAGGED:
+            arrays += [out.get(key, empty[0]), out.get(f"{key}_offsets", empty[0])]
+        wanted = np.array([key in out for key in FIELDS], np.uint8)
+        blocks = assemble.fill(
+            ids, i64, i32, s64, s32, s16, s8, doc_first, files, self.view.eod_id, self.seq_len + 1, wanted, *arrays
+        )
+        for p, keys in itertools.groupby(blocks.tolist(), key=lambda key: key >> assemble.PART_SHIFT):
+            self.view.partition(p).check_blocks([key & assemble.BLOCK_MASK for key in keys])
         return out
 
-    def _copy_tokens(
-        self, spans: np.ndarray, row: np.ndarray, at: np.ndarray, context: np.ndarray, target: np.ndarray, out: Any
-    ) -> None:
-        """Lay span k out at slot at[k] of sample row[k] (_fill_spans), after the checks read() makes: its tokens
-        lie in their partition's file and the blocks they lie in match their checksums (when tokens are copied:
-        position_ids alone read none)."""
-        source = spans["offset"]
-        part = np.searchsorted(self._doc_starts(), spans["doc"], side="right") - 1
-        parts = part.tolist()
-        tokens = {p: self.view.partition(p).tokens for p in set(parts)}
-        files = [tokens[p] for p in parts]
-        if "input_ids" in out or "labels" in out:
-            self.view.check_spans(part, source, source + context + target)
-        columns = (row, at, spans["eod"], context, target, source)
-        _fill_spans(files, *(c.tolist() for c in columns), self.view.eod_id, out)
+    @functools.cached_property
+    def _words(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """The sample records as int64, int32, uint64 words and the span records as int64, int32, int16, uint8,
+        uint64 words (one row per record): how assemble's kernels read them."""
+        sample = tuple(_as_words(self._sample_records, t) for t in (np.int64, np.int32, np.uint64))
+        span = tuple(_as_words(self._span_records, t) for t in (np.int64, np.int32, np.int16, np.uint8, np.uint64))
+        return sample, span
+
+    def _token_files(self) -> tuple[Any, np.ndarray, np.ndarray]:
+        """Every partition's token file (as assemble.fill takes them), each partition's first document (then
+        the total) and each token file's length: made once per process, at its first batch."""
+        if self._files is None:
+            from .assemble import token_files
+
+            parts = [self.view.partition(p) for p in range(self.view.num_partitions)]
+            self._files = (
+                token_files([part.tokens for part in parts]),
+                np.asarray(self._doc_starts(), dtype=np.int64),
+                np.array([len(part.tokens) for part in parts], dtype=np.int64),
+            )
+        return self._files
+
+    def _outside(self, k: int) -> None:
+        """Span k's tokens lie outside its partition's token file (or its document outside the view): raise."""
+        doc, offset = int(self._span_records[k]["doc"]), int(self._span_records[k]["offset"])
+        count = int(self._span_records[k]["context"]) + int(self._span_records[k]["target"])
+        if not 0 <= doc < self._doc_starts()[-1]:
+            raise PilestoreError(
+                f"{self._where}: span {k} names document {doc}, which {self.view.folder} does not have: the index "
+                f"does not belong to this view; {REBUILD}"
+            )
+        self.view.partition(self._locate(doc)[0]).check_range(offset, offset + count)
 
     def _damaged(self, i: int) -> None:
         raise PilestoreError(

@@ -26,7 +26,8 @@ import os
 import secrets
 import struct
 import threading
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,8 @@ class Ring:
     slots: int
     slot_bytes: int
     pid: int
+    claimed: dict[int, int] = field(default_factory=dict)  # worker side: address -> slot, claimed and not yet sent
+    lock: threading.Lock = field(default_factory=threading.Lock)  # worker side: claim() and put() pick slots
 
     @property
     def busy(self) -> np.ndarray:
@@ -68,18 +71,47 @@ class Ring:
         """Slot k's first nbytes bytes."""
         return np.frombuffer(self.map, np.uint8, nbytes, HEADER + k * self.slot_bytes)
 
+    def claim(self, nbytes: int, dtype: np.dtype) -> np.ndarray | None:
+        """A free slot, marked busy, as an array of nbytes // dtype.itemsize items for the worker to build its
+        next batch in (no copy when it is sent: sent()); None when it does not fit or every slot is busy. A slot
+        whose array is garbage-collected without having been sent is free again."""
+        if nbytes > self.slot_bytes:
+            return None
+        with self.lock:
+            busy = self.busy
+            free = np.flatnonzero(busy == 0)
+            if not len(free):
+                return None
+            k = int(free[0])
+            busy[k] = 1
+        array = np.frombuffer(self.map, dtype, nbytes // dtype.itemsize, HEADER + k * self.slot_bytes)
+        self.claimed[array.ctypes.data] = k
+        weakref.finalize(array, self._unclaim, array.ctypes.data, k)
+        return array
+
+    def sent(self, address: int) -> int | None:
+        """The slot that claim() handed out at this address, now on its way to the trainer (which frees it);
+        None when no unsent claimed slot starts there."""
+        return self.claimed.pop(address, None)
+
+    def _unclaim(self, address: int, k: int) -> None:
+        if self.claimed.get(address) == k:  # never sent: nobody else will free it
+            del self.claimed[address]
+            self.busy[k] = 0
+
     def put(self, data: np.ndarray) -> int | None:
         """Copy data (bytes of a contiguous array) into a free slot, mark it busy and return its number; None
         when it does not fit or every slot is busy (the caller sends the data by value instead)."""
         if data.nbytes > self.slot_bytes:
             return None
-        busy = self.busy
-        free = np.flatnonzero(busy == 0)
-        if not len(free):
-            return None
-        k = int(free[0])
+        with self.lock:
+            busy = self.busy
+            free = np.flatnonzero(busy == 0)
+            if not len(free):
+                return None
+            k = int(free[0])
+            busy[k] = 1  # before the message that names it leaves this process
         self.slot(k, data.nbytes)[:] = data.reshape(-1).view(np.uint8)
-        busy[k] = 1  # before the message that names it leaves this process
         return k
 
     def take(self, k: int, out: np.ndarray) -> None:

@@ -310,7 +310,7 @@ class PileDataset(torch.utils.data.Dataset):
         holder: list[torch.Tensor] = []
 
         def alloc(size: int) -> np.ndarray:
-            holder.append(torch.empty(size, dtype=self.dtype))
+            holder.append(_batch_buffer(size, self.dtype))
             return holder[0].numpy()
 
         arrays = self.index.gather(self.sample_ids(positions), alloc, self.fields)  # views of holder[0]
@@ -355,6 +355,17 @@ def _ring_for(nbytes: int) -> rings.Ring | None:
     return _worker_ring[1]
 
 
+def _batch_buffer(size: int, dtype: torch.dtype) -> torch.Tensor:
+    """A batch's buffer of `size` items: in a DataLoader worker, a free slot of its ring, so the batch is built
+    where the trainer will read it (nothing to copy when it is sent); elsewhere, or with no free slot, memory of
+    its own."""
+    nbytes = size * dtype.itemsize
+    with _ring_lock:
+        ring = _ring_for(nbytes)
+    array = ring.claim(nbytes, np.dtype(str(dtype).removeprefix("torch."))) if ring is not None else None
+    return torch.from_numpy(array) if array is not None else torch.empty(size, dtype=dtype)
+
+
 def _reduce_for_pipe(fields: Fields) -> tuple[Any, ...]:
     """How a batch leaves a DataLoader worker (ForkingPickler, which multiprocessing queues use): a packed
     batch is copied into a slot of the worker's ring and only the slot is named; plain pickle, and every batch
@@ -365,7 +376,9 @@ def _reduce_for_pipe(fields: Fields) -> tuple[Any, ...]:
     if buffer is not None and fields._layout is not None and fields._is_packed():
         with _ring_lock:
             ring = _ring_for(buffer.nbytes)
-            k = ring.put(buffer.numpy()) if ring is not None else None
+        k = None if ring is None else ring.sent(buffer.data_ptr())  # built in a slot (_batch_buffer): sent as it is
+        if ring is not None and k is None:
+            k = ring.put(buffer.numpy())
         if ring is not None and k is not None:
             dtype = str(buffer.dtype).removeprefix("torch.")
             return (_from_ring, (ring.name, ring.pid, k, dtype, buffer.numel(), fields._layout))

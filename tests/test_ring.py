@@ -35,6 +35,29 @@ def test_a_batch_goes_through_a_slot_and_frees_it(tmp_path: Path) -> None:
         other.take(3, out)
 
 
+def test_a_batch_built_in_a_claimed_slot_is_sent_without_a_copy_or_freed_when_dropped(tmp_path: Path) -> None:
+    import gc
+
+    ring = rings.create(8192, slots=2, folder=tmp_path)
+    assert ring is not None
+    first = ring.claim(4000, np.dtype(np.int32))
+    assert first is not None and first.dtype == np.int32 and len(first) == 1000 and ring.busy.tolist() == [1, 0]
+    first[:] = np.arange(1000)  # the worker builds its batch in the slot
+    second = ring.claim(8, np.dtype(np.int64))
+    assert second is not None and ring.busy.tolist() == [1, 1]
+    assert ring.claim(8, np.dtype(np.int64)) is None and ring.put(np.zeros(2, np.int64)) is None  # all busy
+    assert ring.claim(ring.slot_bytes + 8, np.dtype(np.int64)) is None  # too big
+    k = ring.sent(first.ctypes.data)
+    assert k == 0 and ring.sent(first.ctypes.data) is None  # sent once; the trainer frees it
+    del first, second
+    gc.collect()
+    assert ring.busy.tolist() == [1, 0]  # the unsent one is free again, the sent one waits for the trainer
+    out = np.empty(1000, np.int32)
+    rings.opened(ring.name, os.getpid()).take(0, out)
+    assert np.array_equal(out, np.arange(1000)) and ring.busy.tolist() == [0, 0]
+    rings.close(ring)
+
+
 def test_the_trainer_side_drops_rings_whose_worker_ended(tmp_path: Path) -> None:
     first = rings.create(4096, folder=tmp_path)
     second = rings.create(4096, folder=tmp_path)

@@ -188,17 +188,34 @@ def test_worker_batches_come_through_its_ring_exactly_and_leave_nothing_behind(
     batches = [[i % len(ds) for i in range(cuts[k], cuts[k + 1])] for k in range(len(sizes))]
     before, opened = _rings_here(), set(rings._opened)
     loader = DataLoader(
-        ds, batch_sampler=batches, num_workers=1, collate_fn=collate, multiprocessing_context=method, prefetch_factor=8
+        ds,
+        batch_sampler=batches,
+        num_workers=1,
+        collate_fn=_collate_noting_slot,
+        multiprocessing_context=method,
+        prefetch_factor=8,
     )
     it = iter(loader)
     time.sleep(3)  # the worker reads ahead up to 8 batches: more than its ring has slots, the rest by value
-    for k, batch in enumerate(it):
+    in_slot = []
+    for k, (batch, built_in_slot) in enumerate(it):
         expected = collate(ds.__getitems__(batches[k]))
         assert batch.keys() == expected.keys() and all(torch.equal(batch[key], expected[key]) for key in batch), k
         batch["input_ids"][0, 0] = -5  # the trainer's own memory: writable, and not the slot's
+        in_slot.append(built_in_slot)
     assert k == len(batches) - 1
+    assert in_slot[0] and not in_slot[3] and not all(in_slot)  # built in a slot: the first; not: too big, no slot
     assert set(rings._opened) - opened  # the worker's ring, mapped here
     assert not _rings_here() - before  # its file removed as soon as it was mapped
+
+
+def _collate_noting_slot(batch: Batch) -> tuple[dict[str, torch.Tensor], bool]:
+    """collate, and whether the worker built the batch straight in a slot of its ring (sent without a copy)."""
+    from pilestore import torch as pt
+
+    collated = collate(batch)
+    ring = pt._worker_ring[1] if pt._worker_ring is not None else None
+    return collated, ring is not None and collated._buffer.data_ptr() in ring.claimed
 
 
 def test_a_ring_the_trainer_never_read_is_removed_when_its_worker_ends(

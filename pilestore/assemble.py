@@ -13,8 +13,12 @@ this module: opening a store or a dataset, ds[i] and `pilestore sample` do not i
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
 from .samples import IGNORE, SAMPLE_RECORD, SPAN_RECORD
 from .tokens import BLOCK
@@ -102,7 +106,9 @@ def fill(
     span_i16: np.ndarray,
     span_u8: np.ndarray,
     doc_first: np.ndarray,
-    tokens: list,
+    addresses: np.ndarray,
+    part_tokens: np.ndarray,
+    like: np.ndarray,
     eod_id: int,
     size: int,
     wanted: np.ndarray,
@@ -119,7 +125,7 @@ def fill(
     subset_offsets: np.ndarray,
 ) -> np.ndarray:
     """Samples `ids` (checked by plan) into the batch's fields, as SampleIndex.gather documents them: span k is
-    x-tokens [eod] * eod + tokens[offset : offset + context + target] of its partition's file (tokens[p]), laid
+    x-tokens [eod] * eod + tokens[offset : offset + context + target] of its partition's file (token_files), laid
     out from its slot in its sample; labels[q - 1] = x[q] for its target x-tokens, IGNORE for its [eod] and
     context x-tokens and after the last span (padding: input id 0, position 0); positions restart with each span.
 
@@ -128,7 +134,7 @@ def fill(
     copied from (when input_ids or labels were written), sorted and unique, as partition << PART_SHIFT | block."""
     b, width = len(ids), size - 1
     reads = wanted[0] or wanted[1]
-    itemsize = tokens[0].itemsize if len(tokens) else 1
+    itemsize = like.itemsize
     blocks = 0
     for r in range(b if reads else 0):
         first, count = sample_i64[ids[r], _SPAN_BEGIN], np.int64(sample_i32[ids[r], _N_SPANS])
@@ -159,7 +165,7 @@ def fill(
             stop = min(n, width - at)  # the span's x-tokens that are inputs (a sample's last x-token is a label only)
             if reads:
                 p = np.searchsorted(doc_first, span_i64[k, _DOC], side="right") - 1
-                part, begin = tokens[p], span_i64[k, _OFFSET]
+                part, begin = numba.carray(_pointer(addresses[p], like), part_tokens[p]), span_i64[k, _OFFSET]
                 source = begin - eod  # x-token q of the span (q >= eod) is part[source + q]
                 if wanted[0]:
                     if eod and stop > 0:
@@ -214,12 +220,23 @@ def fill(
     return keys[:unique]
 
 
-def token_files(arrays: list[np.ndarray]) -> numba.typed.List:
-    """The partitions' token files as fill takes them (one typed list, read-only arrays of one dtype)."""
-    dtype = numba.from_dtype(arrays[0].dtype if arrays else np.dtype(np.uint16))
-    files = numba.typed.List.empty_list(numba.types.Array(dtype, 1, "C", readonly=True))
-    for array in arrays:
-        view = array.view()
-        view.flags.writeable = False
-        files.append(view)
-    return files
+def token_files(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The partitions' token files as fill takes them: their addresses, lengths and an empty array of their
+    dtype. The caller keeps the arrays alive. (Not a numba typed list: making one compiles its methods in every
+    process, 0.5 s at the first batch of each DataLoader worker.)"""
+    addresses = np.array([array.ctypes.data for array in arrays], dtype=np.int64)
+    lengths = np.array([len(array) for array in arrays], dtype=np.int64)
+    dtypes = {array.dtype for array in arrays}
+    assert len(dtypes) <= 1, f"token files of several dtypes: {dtypes}"
+    return addresses, lengths, np.empty(0, dtypes.pop() if dtypes else np.uint16)
+
+
+@intrinsic
+def _pointer(typingctx: Any, address: Any, like: Any) -> Any:
+    """address (int64) as a pointer to items of like's dtype, for numba.carray."""
+    signature = types.CPointer(like.dtype)(address, like)
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
+
+    return signature, codegen

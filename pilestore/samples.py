@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .errors import PilestoreError, StoreFormatError
-from .index import map_columns
+from .index import arrow_table, map_columns
 from .manifest import read_sealed, write_sealed
 from .shards import file_sha256
 from .splits import split_suffix
@@ -263,7 +263,7 @@ def write_index(
     sample_records["n_tokens"], sample_records["n_bytes"] = sample_tokens, sample_bytes
     sample_records["check"] = record_checks(sample_records, span_records)
     tables = {
-        "spans": pa.table(
+        "spans": arrow_table(
             {
                 "doc": spans.doc.astype(np.int64, copy=False),  # the kernels' int32 where it fits
                 "eod": spans.eod,
@@ -275,7 +275,7 @@ def write_index(
                 "by_sample": by_sample.astype(np.int64, copy=False),
             }
         ),
-        "samples": pa.table(
+        "samples": arrow_table(
             {
                 "span_begin": begin[:-1],
                 "n_spans": n_spans,
@@ -286,7 +286,7 @@ def write_index(
                 "record": _records(pa, sample_records),
             }
         ),
-        "rows": pa.table({"span": _records(pa, span_records)}),
+        "rows": arrow_table({"span": _records(pa, span_records)}),
     }
     generation = _generation(tables)
     files, written = {}, []
@@ -406,7 +406,7 @@ class SampleIndex:
         self.subset_names: list[str] = list(self.info["subsets"])
         self.subset_samples = np.asarray(self.info["subset_samples"], dtype=np.int64)
         self._doc_first: list[int] | None = None
-        self._files: tuple[Any, np.ndarray, np.ndarray] | None = None
+        self._files: tuple[np.ndarray, ...] | None = None
 
     def _open(self, folder: Path, name: str) -> None:
         try:
@@ -504,7 +504,7 @@ class SampleIndex:
         if len(ids) and (ids.min() < -n or ids.max() >= n):
             raise IndexError(f"samples out of range for {n} samples")
         ids = ids % max(n, 1)
-        files, doc_first, part_tokens = self._token_files()
+        addresses, part_tokens, like, doc_first = self._token_files()
         (i64, i32, u64), (s64, s32, s16, s8, su64) = self._words
         status, where, total, padded = assemble.plan(
             ids, i64, i32, u64, s64, s32, s8, su64, _SAMPLE_MULT, _SPAN_MULT, self.seq_len + 1, doc_first, part_tokens
@@ -523,8 +523,9 @@ class SampleIndex:
             arrays += [out.get(key, empty[0]), out.get(f"{key}_offsets", empty[0])]
         wanted = np.array([key in out for key in FIELDS], np.uint8)
         blocks = assemble.fill(
-            ids, i64, i32, s64, s32, s16, s8, doc_first, files, self.view.eod_id, self.seq_len + 1, wanted, *arrays
-        )
+            ids, i64, i32, s64, s32, s16, s8, doc_first, addresses, part_tokens, like, self.view.eod_id,
+            self.seq_len + 1, wanted, *arrays
+        )  # fmt: skip
         for p, keys in itertools.groupby(blocks.tolist(), key=lambda key: key >> assemble.PART_SHIFT):
             self.view.partition(p).check_blocks([key & assemble.BLOCK_MASK for key in keys])
         return out
@@ -537,18 +538,14 @@ class SampleIndex:
         span = tuple(_as_words(self._span_records, t) for t in (np.int64, np.int32, np.int16, np.uint8, np.uint64))
         return sample, span
 
-    def _token_files(self) -> tuple[Any, np.ndarray, np.ndarray]:
-        """Every partition's token file (as assemble.fill takes them), each partition's first document (then
-        the total) and each token file's length: made once per process, at its first batch."""
+    def _token_files(self) -> tuple[np.ndarray, ...]:
+        """Every partition's token file as assemble.fill takes them (addresses, lengths, dtype: the arrays stay
+        mapped by self.view), and each partition's first document (then the total): made once per process."""
         if self._files is None:
             from .assemble import token_files
 
-            parts = [self.view.partition(p) for p in range(self.view.num_partitions)]
-            self._files = (
-                token_files([part.tokens for part in parts]),
-                np.asarray(self._doc_starts(), dtype=np.int64),
-                np.array([len(part.tokens) for part in parts], dtype=np.int64),
-            )
+            arrays = [self.view.partition(p).tokens for p in range(self.view.num_partitions)]
+            self._files = (*token_files(arrays), np.asarray(self._doc_starts(), dtype=np.int64))
         return self._files
 
     def _outside(self, k: int) -> None:

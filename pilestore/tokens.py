@@ -141,6 +141,8 @@ def _write_partition(
     import pyarrow as pa
     import xxhash
 
+    from .index import arrow_table
+
     stem = folder / f"p{p:05d}"
     tmp = {ext: stem.with_suffix(f".{ext}.tmp") for ext in FILES}
     starts: list[int] = []
@@ -181,11 +183,11 @@ def _write_partition(
         for fh in outs.values():
             fh.flush()
             os.fsync(fh.fileno())
-    table = pa.table(
+    table = arrow_table(
         {
-            "start": pa.array(starts, pa.int64()),
-            "n_tokens": pa.array(counts_list, pa.int64()),
-            "n_bytes": pa.array(sizes, pa.int64()),
+            "start": np.asarray(starts, np.int64),
+            "n_tokens": np.asarray(counts_list, np.int64),
+            "n_bytes": np.asarray(sizes, np.int64),
         }
     )
     with open(tmp["arrow"], "wb") as fh:

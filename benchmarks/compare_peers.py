@@ -434,7 +434,7 @@ def run_loader(system: str, store_dir: Path, work: Path) -> None:
             ds = MemmapWindows(out / "tokens.bin", blocks.dtype.name, samples)
         size = du(out)
     for workers in (1, 2):
-        samples_s, _, _ = rate(Epochs(DataLoader(ds, batch_size=BATCH, num_workers=workers, **options)), BATCHES)
+        samples_s, _ = rate(Epochs(DataLoader(ds, batch_size=BATCH, num_workers=workers, **options)), BATCHES)
         emit(part="loader", system=system, workers=workers, samples=BATCHES * BATCH,
              samples_s=round(samples_s), tokens_s=round(samples_s * SEQ_LEN), token_bytes=size)  # fmt: skip
 

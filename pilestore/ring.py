@@ -5,10 +5,11 @@ the pickle, into and out of the kernel's 64 KiB pipe buffer a piece at a time, o
 torch's own way (a new shared-memory segment per batch, its file descriptor sent over a socket) creates,
 faults in and maps fresh memory every time. A Ring is made once per worker: a file in /dev/shm holding a few
 slots, its space reserved up front (posix_fallocate: a full /dev/shm, as in a default Docker container, makes
-the ring fail to open here rather than crash a process later). The worker copies a batch into a free slot
-and sends only (ring name, slot, size); the trainer process maps the ring once, copies the slot into a fresh
-tensor of its own and marks the slot free. A batch that does not fit, or finds no free slot, is sent by value
-as before, so a trainer that falls behind never blocks a worker.
+the ring fail to open here rather than crash a process later). The worker builds a batch in a free slot
+(claim; or copies one built elsewhere into a free slot: put) and sends only (ring name, slot, size); the
+trainer process maps the ring once, copies the slot into a fresh tensor of its own and marks the slot free. A
+batch that does not fit, or finds no free slot, is sent by value as before, so a trainer that falls behind
+never blocks a worker.
 
     header (4096 bytes)   magic, slot count, slot size, closed flag, one busy byte per slot
     slot k                at 4096 + k * slot_bytes

@@ -321,9 +321,9 @@ class PileDataset(torch.utils.data.Dataset):
 
 def _packed(buffer: torch.Tensor, layout: dict[str, tuple[int, tuple[int, ...]]]) -> Fields:
     """The fields of a batch_layout as views of `buffer`, remembering both: such a batch leaves a DataLoader
-    worker as that one buffer, copied into a slot of the worker's shared-memory ring (_reduce_for_pipe), or
-    pickled by value, never as a shared-memory segment created, mapped and handed over per batch
-    (benchmarks.md, "How a batch leaves a worker")."""
+    worker as that one buffer, built in (_batch_buffer) or copied into a slot of the worker's shared-memory ring
+    (_reduce_for_pipe), or pickled by value, never as a shared-memory segment created, mapped and handed over
+    per batch (benchmarks.md, "How a batch leaves a worker")."""
     fields = Fields(carve(buffer, layout))
     fields._buffer, fields._layout = buffer, layout
     return fields
@@ -368,10 +368,11 @@ def _batch_buffer(size: int, dtype: torch.dtype) -> torch.Tensor:
 
 def _reduce_for_pipe(fields: Fields) -> tuple[Any, ...]:
     """How a batch leaves a DataLoader worker (ForkingPickler, which multiprocessing queues use): a packed
-    batch is copied into a slot of the worker's ring and only the slot is named; plain pickle, and every batch
-    that does not fit or finds no free slot, pickles by value (Fields.__reduce__). On this project's VM a
-    worker served 1.1-1.6x the batches this way (1.4-2.3x with two workers) and the trainer's process spent
-    0.41-0.77x the CPU time per batch (benchmarks.md, "Through a shared-memory ring of slots")."""
+    batch built in a slot of the worker's ring (_batch_buffer), or else copied into a free one, is named by its
+    slot; plain pickle, and every batch that does not fit or finds no free slot, pickles by value
+    (Fields.__reduce__). On this project's VM a worker served 1.1-1.6x the batches this way (1.4-2.3x with two
+    workers) and the trainer's process spent 0.41-0.77x the CPU time per batch (benchmarks.md, "Through a
+    shared-memory ring of slots")."""
     buffer = fields._buffer
     if buffer is not None and fields._layout is not None and fields._is_packed():
         with _ring_lock:

@@ -20,7 +20,7 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
-from .samples import IGNORE, SAMPLE_RECORD, SPAN_RECORD
+from .samples import _SAMPLE_WORDS, IGNORE, SAMPLE_RECORD, SPAN_RECORD
 from .tokens import BLOCK
 
 OK, DAMAGED, OUTSIDE = 0, 1, 2  # plan's status: every record fine / sample `where` damaged / span `where`'s tokens
@@ -41,7 +41,6 @@ _N_SPANS, _CHECK = _word(SAMPLE_RECORD, "n_spans", 4), _word(SAMPLE_RECORD, "che
 _DOC, _OFFSET, _SPAN_BYTES = (_word(SPAN_RECORD, field, 8) for field in ("doc", "offset", "n_bytes"))
 _CONTEXT, _TARGET = _word(SPAN_RECORD, "context", 4), _word(SPAN_RECORD, "target", 4)
 _SUBSET, _EOD = _word(SPAN_RECORD, "subset", 2), _word(SPAN_RECORD, "eod", 1)
-_SAMPLE_WORDS = 3  # the words of a sample record its check covers (samples._SAMPLE_WORDS)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -151,12 +150,7 @@ def fill(
             n_bytes[r] = sample_i64[i, _SAMPLE_BYTES]
         if wanted[4]:
             sample[r] = i
-        if wanted[5]:
-            doc_offsets[r] = docs
-        if wanted[6]:
-            span_offsets[r] = spans
-        if wanted[7]:
-            subset_offsets[r] = spans
+        _offsets(wanted, r, docs, spans, doc_offsets, span_offsets, subset_offsets)
         at = 0
         for k in range(first, first + count):
             eod = np.int64(span_u8[k, _EOD])
@@ -205,12 +199,7 @@ def fill(
             if wanted[5]:
                 doc_lengths[docs] = size - at
             docs += 1
-    if wanted[5]:
-        doc_offsets[b] = docs
-    if wanted[6]:
-        span_offsets[b] = spans
-    if wanted[7]:
-        subset_offsets[b] = spans
+    _offsets(wanted, b, docs, spans, doc_offsets, span_offsets, subset_offsets)
     keys = np.sort(keys[:m])
     unique = 0
     for j in range(m):
@@ -218,6 +207,25 @@ def fill(
             keys[unique] = keys[j]
             unique += 1
     return keys[:unique]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _offsets(
+    wanted: np.ndarray,
+    r: int,
+    docs: int,
+    spans: int,
+    doc_offsets: np.ndarray,
+    span_offsets: np.ndarray,
+    subset_offsets: np.ndarray,
+) -> None:
+    """Where sample r's doc_lengths, span_bytes and subset begin (r = B: where the batch's end)."""
+    if wanted[5]:
+        doc_offsets[r] = docs
+    if wanted[6]:
+        span_offsets[r] = spans
+    if wanted[7]:
+        subset_offsets[r] = spans
 
 
 def token_files(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ the ring closed, and the trainer drops the mappings of closed rings and of rings
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import os
 import secrets
@@ -42,6 +43,7 @@ _CLOSED = 32  # header byte: the worker has ended
 _BUSY = 64  # header bytes from here: one per slot, 1 while a batch waits in it
 SLOTS = 4  # a worker has at most DataLoader's prefetch_factor (default 2) batches in flight, plus one
 FOLDER = Path("/dev/shm")
+_claims = itertools.count()  # numbers Ring.claim's claims
 
 
 class RingError(PilestoreError):
@@ -57,7 +59,7 @@ class Ring:
     slots: int
     slot_bytes: int
     pid: int
-    claimed: dict[int, int] = field(default_factory=dict)  # worker side: address -> slot, claimed and not yet sent
+    claimed: dict[int, tuple[int, int]] = field(default_factory=dict)  # worker side: address -> (slot, claim number)
     lock: threading.Lock = field(default_factory=threading.Lock)  # worker side: claim() and put() pick slots
 
     @property
@@ -76,6 +78,29 @@ class Ring:
         """A free slot, marked busy, as an array of nbytes // dtype.itemsize items for the worker to build its
         next batch in (no copy when it is sent: sent()); None when it does not fit or every slot is busy. A slot
         whose array is garbage-collected without having been sent is free again."""
+        k = self._reserve(nbytes)
+        if k is None:
+            return None
+        array = np.frombuffer(self.map, dtype, nbytes // dtype.itemsize, HEADER + k * self.slot_bytes)
+        claim = (k, next(_claims))  # a later claim of the same slot is another claim
+        self.claimed[array.ctypes.data] = claim
+        weakref.finalize(array, self._unclaim, array.ctypes.data, claim)
+        return array
+
+    def sent(self, address: int) -> int | None:
+        """The slot that claim() handed out at this address, now on its way to the trainer (which frees it);
+        None when no unsent claimed slot starts there."""
+        claim = self.claimed.pop(address, None)
+        return None if claim is None else claim[0]
+
+    def _unclaim(self, address: int, claim: tuple[int, int]) -> None:
+        if self.claimed.get(address) == claim:  # never sent: nobody else will free it
+            self.claimed.pop(address, None)
+            self.busy[claim[0]] = 0
+
+    def _reserve(self, nbytes: int) -> int | None:
+        """A free slot of room for nbytes, marked busy (before any message that names it leaves this process);
+        None when nbytes do not fit a slot or every slot is busy."""
         if nbytes > self.slot_bytes:
             return None
         with self.lock:
@@ -83,36 +108,15 @@ class Ring:
             free = np.flatnonzero(busy == 0)
             if not len(free):
                 return None
-            k = int(free[0])
-            busy[k] = 1
-        array = np.frombuffer(self.map, dtype, nbytes // dtype.itemsize, HEADER + k * self.slot_bytes)
-        self.claimed[array.ctypes.data] = k
-        weakref.finalize(array, self._unclaim, array.ctypes.data, k)
-        return array
-
-    def sent(self, address: int) -> int | None:
-        """The slot that claim() handed out at this address, now on its way to the trainer (which frees it);
-        None when no unsent claimed slot starts there."""
-        return self.claimed.pop(address, None)
-
-    def _unclaim(self, address: int, k: int) -> None:
-        if self.claimed.get(address) == k:  # never sent: nobody else will free it
-            del self.claimed[address]
-            self.busy[k] = 0
+            busy[free[0]] = 1
+            return int(free[0])
 
     def put(self, data: np.ndarray) -> int | None:
         """Copy data (bytes of a contiguous array) into a free slot, mark it busy and return its number; None
         when it does not fit or every slot is busy (the caller sends the data by value instead)."""
-        if data.nbytes > self.slot_bytes:
-            return None
-        with self.lock:
-            busy = self.busy
-            free = np.flatnonzero(busy == 0)
-            if not len(free):
-                return None
-            k = int(free[0])
-            busy[k] = 1  # before the message that names it leaves this process
-        self.slot(k, data.nbytes)[:] = data.reshape(-1).view(np.uint8)
+        k = self._reserve(data.nbytes)
+        if k is not None:
+            self.slot(k, data.nbytes)[:] = data.reshape(-1).view(np.uint8)
         return k
 
     def take(self, k: int, out: np.ndarray) -> None:

@@ -45,6 +45,8 @@ from .splits import split_suffix
 from .tokens import TokenView
 
 _ARANGE = np.arange(1 << 16, dtype=np.int64)
+# assemble.py's kernels read these two layouts as word positions frozen into their cached machine code: edit
+# assemble.py too when they change (its cache is keyed by its own file), so the kernels are compiled again.
 # Read-optimised copies of the fields a look-up needs, one record per sample and per span (spans in sample
 # order): reading sample i touches one sample record and its contiguous span records, a page or two,
 # instead of a page per column (which made look-ups 2.4x slower at 100M samples than at 10M).

@@ -53,8 +53,17 @@ def test_a_batch_built_in_a_claimed_slot_is_sent_without_a_copy_or_freed_when_dr
     gc.collect()
     assert ring.busy.tolist() == [1, 0]  # the unsent one is free again, the sent one waits for the trainer
     out = np.empty(1000, np.int32)
-    rings.opened(ring.name, os.getpid()).take(0, out)
+    trainer = rings.opened(ring.name, os.getpid())
+    trainer.take(0, out)
     assert np.array_equal(out, np.arange(1000)) and ring.busy.tolist() == [0, 0]
+    old = ring.claim(4000, np.dtype(np.int32))  # sent, read by the trainer, yet still alive in the worker
+    assert old is not None and ring.sent(old.ctypes.data) == 0
+    trainer.take(0, out)
+    new = ring.claim(4000, np.dtype(np.int32))  # the same slot, claimed again for the next batch
+    assert new is not None and new.ctypes.data == old.ctypes.data and ring.busy.tolist() == [1, 0]
+    del old
+    gc.collect()
+    assert ring.busy.tolist() == [1, 0]  # the old batch's end does not free the new one's slot
     rings.close(ring)
 
 

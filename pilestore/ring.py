@@ -26,11 +26,13 @@ import itertools
 import mmap
 import os
 import secrets
+import signal
 import struct
 import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -155,6 +157,26 @@ def close(ring: Ring) -> None:
     """The worker's side is done: mark the ring closed and remove its file if the trainer never opened it."""
     ring.map[_CLOSED] = 1
     Path(ring.name).unlink(missing_ok=True)
+
+
+def remove_on_sigterm(ring: Ring) -> None:
+    """Remove the ring's file if this process is terminated: multiprocessing ends daemonic DataLoader workers
+    with SIGTERM at interpreter exit, and no Finalize runs then; a ring the trainer never mapped (its batches all
+    went by value) would stay in /dev/shm. The process then ends of the signal as it would have. Installed from
+    the main thread only (Python runs signal handlers there)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        close(ring)
+        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 _opened: dict[str, Ring] = {}  # the trainer's side: rings mapped in this process, by name

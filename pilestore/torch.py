@@ -351,6 +351,7 @@ def _ring_for(nbytes: int) -> rings.Ring | None:
         ring = rings.create(max(nbytes + nbytes // 4, 1 << 16))  # None: no /dev/shm or no room, all by value
         if ring is not None:
             Finalize(ring, rings.close, args=(ring,), exitpriority=10)  # run as the worker ends
+            rings.remove_on_sigterm(ring)  # and if it is terminated instead
         _worker_ring = (os.getpid(), ring)
     return _worker_ring[1]
 

@@ -238,6 +238,41 @@ def test_a_ring_the_trainer_never_read_is_removed_when_its_worker_ends(
     assert not _rings_here() & new
 
 
+def _plain_dict_collate(batch: Batch) -> dict[str, torch.Tensor]:
+    """A collate_fn whose batches are not pilestore's packed ones: they never travel through the ring."""
+    return {key: value.clone() for key, value in collate(batch).items()}
+
+
+def test_a_ring_never_mapped_is_removed_when_the_trainer_exits_first(
+    dataset_store: pilestore.Store, model: Path
+) -> None:
+    """At interpreter exit multiprocessing terminates DataLoader workers (SIGTERM) and no Finalize runs; a ring
+    that the trainer never mapped (every batch by value) must not stay behind in /dev/shm."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pilestore\n"
+        "from pathlib import Path\n"
+        "from torch.utils.data import DataLoader\n"
+        "from pilestore.torch import PileDataset\n"
+        "from tests.test_torch_dataset import _plain_dict_collate, _rings_here\n"
+        f"ds = PileDataset(pilestore.open({str(dataset_store.path)!r}), 'train', seq_len=256, context=64, "
+        f"tokenizer={str(model)!r})\n"
+        "before = _rings_here()\n"
+        "it = iter(DataLoader(ds, batch_size=4, num_workers=1, collate_fn=_plain_dict_collate))\n"
+        "next(it)\n"  # built in a slot of the worker's new ring, sent by value: the trainer never maps the ring
+        "print(*sorted(str(p) for p in _rings_here() - before))\n"
+        "sys.exit(0)\n"  # the worker is still running: terminated at exit
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr
+    left = done.stdout.split()
+    assert left and all(name.startswith("/dev/shm/pilestore-ring-") for name in left)
+    assert not [name for name in left if Path(name).exists()]
+
+
 def test_opening_and_reading_import_nothing_heavy(dataset_store: pilestore.Store, model: Path) -> None:
     """Arrow's to_numpy() imports pandas where it is installed (as the `bench` extra and HF `datasets` do):
     0.4 s more at every open, in every DataLoader worker. Index columns are viewed without it. numba (0.3-0.5 s)

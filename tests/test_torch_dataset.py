@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -598,3 +599,54 @@ def _ends_before(ds: PileDataset, i: int, size: int) -> bool:
     spans = index._span_records[int(record["span_begin"]) : int(record["span_begin"]) + int(record["n_spans"])]
     end = (spans["offset"] + spans["context"] + spans["target"]) * ds._view.dtype.itemsize
     return bool(((spans["doc"] < starts[-2]) | (end <= size)).all())
+
+
+def test_a_uint32_token_view_reads_the_same_samples(
+    dataset_store: pilestore.Store, model: Path, tmp_path: Path
+) -> None:
+    """Vocabularies beyond 65,536 ids store uint32 tokens: 1,024 a block instead of 2,048. The same view
+    rewritten as uint32 (block checksums made again) gives the same batches and samples, and a damaged block
+    is found at its uint32 place."""
+    import shutil
+
+    from pilestore.manifest import read_sealed, write_sealed
+    from pilestore.tokens import VIEW_FILE, TokenDamageError, block_sums
+
+    shutil.copytree(dataset_store.path, tmp_path / "wide.store")
+    narrow = PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=model)
+    folder = tmp_path / "wide.store" / "tokens" / narrow._view.folder.name
+    meta = read_sealed(folder / VIEW_FILE, "")
+    meta.pop("seal", None)
+    for path in sorted(folder.glob("p*.tokens")):
+        np.fromfile(path, np.uint16).astype(np.uint32).tofile(path)
+        block_sums(path).astype("<u8").tofile(path.with_suffix(".sums"))
+    write_sealed(folder / VIEW_FILE, {**meta, "dtype": "uint32"})
+    wide = PileDataset(pilestore.open(tmp_path / "wide.store"), "train", seq_len=256, context=64, tokenizer=model)
+    assert wide._view.dtype == np.uint32 and len(wide) == len(narrow)
+    everything = list(range(len(wide)))
+    expected, got = collate(narrow.__getitems__(everything)), collate(wide.__getitems__(everything))
+    assert got.keys() == expected.keys() and all(torch.equal(got[key], expected[key]) for key in got)
+    assert all(torch.equal(wide[i][key], narrow[i][key]) for i in (0, len(wide) - 1) for key in narrow[0])
+    with open(folder / "p00000.tokens", "r+b") as fh:  # a byte of the second uint32 block (tokens 1024..2047)
+        fh.seek(4096 + 10)
+        byte = fh.read(1)
+        fh.seek(4096 + 10)
+        fh.write(bytes([byte[0] ^ 0x40]))
+    fresh = PileDataset(pilestore.open(tmp_path / "wide.store"), "train", seq_len=256, context=64, tokenizer=model)
+    starts = fresh.index._doc_starts()
+
+    def last_token_read_in_partition_0(i: int) -> int:
+        record = fresh.index._sample_records[i]
+        spans = fresh.index._span_records[int(record["span_begin"]) :][: int(record["n_spans"])]
+        spans = spans[spans["doc"] < starts[1]]
+        return int((spans["offset"] + spans["context"] + spans["target"]).max()) if len(spans) else 0
+
+    # samples whose tokens of partition 0 reach into tokens 1024..2047 and no further: counted in uint16 blocks,
+    # they would all lie in the first block
+    inside = [i for i in everything if 1024 < last_token_read_in_partition_0(i) <= 2048]
+    assert inside
+    for i in inside[:3]:
+        with pytest.raises(TokenDamageError, match="bytes 4096..8192 do not match"):
+            fresh.__getitems__([i])
+        with pytest.raises(TokenDamageError, match="bytes 4096..8192 do not match"):
+            fresh[i]

@@ -106,8 +106,9 @@ def _clean_leftovers(store: Path, manifest: dict[str, Any], keep: set[Path]) -> 
             if f"{folder}/{path.name}" not in listed:
                 log.info("removing %s, left by an interrupted ingest", path)
                 path.unlink()
-    for path in (store / STAGING_DIR).glob("*"):
-        if path not in keep or not (path / RESULT_FILE).exists():
+    for path in (store / STAGING_DIR).glob("*"):  # a commit killed after moving a file leaves RESULT_FILE without it
+        finished = all((path / name).exists() for name in (RESULT_FILE, PARTITION_FILE, INDEX_FILE))
+        if path not in keep or not finished:
             log.info("removing %s, left by an interrupted ingest", path)
             shutil.rmtree(path)
     for path in store.glob(f".{MANIFEST}.tmp-*"):

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import pilestore
 from pilestore.document import dump_json
 from pilestore.errors import IncompleteStoreError, StoreNotFoundError
@@ -96,3 +98,34 @@ def test_tokenize_killed_at_random_points_reruns_to_the_same_token_files(
                     assert len(part.tokens) == len(part.lengths) == int(part.n_tokens.sum()), found
         finish("tokenize", "--store", str(store), *args)
         assert token_files(store) == expected
+
+
+def test_ingest_killed_in_its_commit_reruns_to_the_same_documents(
+    sample_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed between moving a staged partition into the store and writing the manifest: the staging folder keeps
+    its result but not its partition file. (The random-kill test above hit this window once: the rerun failed
+    with 'partition.sqlite: No such file or directory' on every later run.)"""
+    import os
+
+    from pilestore import ingest as ingest_module
+
+    reference = tmp_path / "reference.store"
+    ingest_module.ingest([sample_path], reference)
+    store = tmp_path / "killed.store"
+    real_replace = os.replace
+
+    def killed_after_the_partition(src: str | Path, dst: str | Path) -> None:
+        if Path(src).name == ingest_module.INDEX_FILE:
+            raise KeyboardInterrupt  # the partition file has moved, the index and the manifest have not
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ingest_module.os, "replace", killed_after_the_partition)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_module.ingest([sample_path], store)
+    monkeypatch.setattr(ingest_module.os, "replace", real_replace)
+    with pytest.raises((StoreNotFoundError, IncompleteStoreError)):
+        pilestore.open(store)  # nothing committed: refused, never half-read
+    ingest_module.ingest([sample_path], store)
+    assert documents_digest(store) == documents_digest(reference)
+    assert not list((store / ".staging").iterdir())

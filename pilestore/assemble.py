@@ -58,18 +58,20 @@ def plan(
     size: int,
     doc_first: np.ndarray,
     part_tokens: np.ndarray,
-) -> tuple[int, int, int, int]:
-    """(status, where, spans, padded samples) of samples `ids` (rows of the sample records): a sample whose
+    itemsize: int,
+) -> tuple[int, int, int, int, int]:
+    """(status, where, spans, padded samples, token blocks read with repeats: what fill's list of blocks needs)
+    of samples `ids` (rows of the sample records): a sample whose
     record or span records fail their bounds or checksum, or whose spans do not fit seq_len + 1 = size, is
     DAMAGED (where: its row in ids); a span whose tokens lie outside its partition's token file (part_tokens:
     tokens per file; doc_first: each partition's first document, then the total) is OUTSIDE (where: the span)."""
     n_spans = span_i64.shape[0]
-    total, padded = 0, 0
+    total, padded, blocks = 0, 0, 0
     for r in range(len(ids)):
         i = ids[r]
         first, count = sample_i64[i, _SPAN_BEGIN], np.int64(sample_i32[i, _N_SPANS])
         if first < 0 or count < 0 or count > size or first + count > n_spans:
-            return DAMAGED, r, 0, 0
+            return DAMAGED, r, 0, 0, 0
         check = np.uint64(0)
         for j in range(_SAMPLE_WORDS):
             check += sample_u64[i, j] * sample_mult[j]
@@ -77,22 +79,24 @@ def plan(
             for j in range(span_u64.shape[1]):
                 check += span_u64[k, j] * span_mult[j]
         if check != sample_u64[i, _CHECK]:
-            return DAMAGED, r, 0, 0
+            return DAMAGED, r, 0, 0, 0
         used = 0
         for k in range(first, first + count):
             context, target = np.int64(span_i32[k, _CONTEXT]), np.int64(span_i32[k, _TARGET])
             if context < 0 or target < 0:
-                return DAMAGED, r, 0, 0
+                return DAMAGED, r, 0, 0, 0
             used += span_u8[k, _EOD] + context + target
             p = np.searchsorted(doc_first, span_i64[k, _DOC], side="right") - 1
             offset = span_i64[k, _OFFSET]
             if p < 0 or p >= len(part_tokens) or offset < 0 or offset + context + target > part_tokens[p]:
-                return OUTSIDE, k, 0, 0
+                return OUTSIDE, k, 0, 0, 0
+            if context + target > 0:
+                blocks += ((offset + context + target) * itemsize - 1) // BLOCK - offset * itemsize // BLOCK + 1
         if used > size:
-            return DAMAGED, r, 0, 0
+            return DAMAGED, r, 0, 0, 0
         padded += used < size
         total += count
-    return OK, 0, total, padded
+    return OK, 0, total, padded, blocks
 
 
 @numba.njit(cache=True, nogil=True)
@@ -110,6 +114,7 @@ def fill(
     like: np.ndarray,
     eod_id: int,
     size: int,
+    blocks: int,
     wanted: np.ndarray,
     input_ids: np.ndarray,
     labels: np.ndarray,
@@ -128,20 +133,14 @@ def fill(
     out from its slot in its sample; labels[q - 1] = x[q] for its target x-tokens, IGNORE for its [eod] and
     context x-tokens and after the last span (padding: input id 0, position 0); positions restart with each span.
 
-    wanted: 1/0 per field, in FIELDS order (input_ids, labels, position_ids, n_bytes, sample, doc_lengths,
-    span_bytes, subset); the arrays of fields not wanted are empty. Returns the token blocks the spans were
-    copied from (when input_ids or labels were written), sorted and unique, as partition << PART_SHIFT | block."""
+    blocks: plan's count of token blocks. wanted: 1/0 per field, in FIELDS order (input_ids, labels,
+    position_ids, n_bytes, sample, doc_lengths, span_bytes, subset); the arrays of fields not wanted are empty.
+    Returns the token blocks the spans were copied from (when input_ids or labels were written), sorted and
+    unique, as partition << PART_SHIFT | block."""
     b, width = len(ids), size - 1
     reads = wanted[0] or wanted[1]
     itemsize = like.itemsize
-    blocks = 0
-    for r in range(b if reads else 0):
-        first, count = sample_i64[ids[r], _SPAN_BEGIN], np.int64(sample_i32[ids[r], _N_SPANS])
-        for k in range(first, first + count):
-            n, offset = np.int64(span_i32[k, _CONTEXT]) + span_i32[k, _TARGET], span_i64[k, _OFFSET]
-            if n > 0:
-                blocks += ((offset + n) * itemsize - 1) // BLOCK - offset * itemsize // BLOCK + 1
-    keys = np.empty(blocks, np.int64)
+    keys = np.empty(blocks if reads else 0, np.int64)
     m, spans, docs = 0, 0, 0
     for r in range(b):
         i = ids[r]

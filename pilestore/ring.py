@@ -83,7 +83,7 @@ class Ring:
         k = self._reserve(nbytes)
         if k is None:
             return None
-        array = np.frombuffer(self.map, dtype, nbytes // dtype.itemsize, HEADER + k * self.slot_bytes)
+        array = self.slot(k, nbytes - nbytes % dtype.itemsize).view(dtype)
         claim = (k, next(_claims))  # a later claim of the same slot is another claim
         self.claimed[array.ctypes.data] = claim
         weakref.finalize(array, self._unclaim, array.ctypes.data, claim)

@@ -436,7 +436,7 @@ class SampleIndex:
             raise PilestoreError(f"{folder / name}: written by an older pilestore; rebuild it with `pilestore index`")
         self._sample_records = self.samples.pop("record").view(SAMPLE_RECORD).reshape(-1)
         self._span_records = rows["span"].view(SPAN_RECORD).reshape(-1)
-        self._sample_words = self._sample_records.view(np.uint64).reshape(len(self._sample_records), -1)
+        self._sample_words = _as_words(self._sample_records, np.uint64)
         self._span_words = self._span_records.view(np.uint64).reshape(-1)
 
     def __len__(self) -> int:
@@ -508,9 +508,10 @@ class SampleIndex:
         ids = ids % max(n, 1)
         addresses, part_tokens, like, doc_first = self._token_files()
         (i64, i32, u64), (s64, s32, s16, s8, su64) = self._words
-        status, where, total, padded = assemble.plan(
-            ids, i64, i32, u64, s64, s32, s8, su64, _SAMPLE_MULT, _SPAN_MULT, self.seq_len + 1, doc_first, part_tokens
-        )
+        status, where, total, padded, blocks = assemble.plan(
+            ids, i64, i32, u64, s64, s32, s8, su64, _SAMPLE_MULT, _SPAN_MULT, self.seq_len + 1, doc_first, part_tokens,
+            like.itemsize,
+        )  # fmt: skip
         if status == assemble.DAMAGED:
             self._damaged(int(ids[where]))
         if status == assemble.OUTSIDE:
@@ -524,11 +525,11 @@ class SampleIndex:
         for key in RAGGED:
             arrays += [out.get(key, empty[0]), out.get(f"{key}_offsets", empty[0])]
         wanted = np.array([key in out for key in FIELDS], np.uint8)
-        blocks = assemble.fill(
+        read = assemble.fill(
             ids, i64, i32, s64, s32, s16, s8, doc_first, addresses, part_tokens, like, self.view.eod_id,
-            self.seq_len + 1, wanted, *arrays
+            self.seq_len + 1, blocks, wanted, *arrays
         )  # fmt: skip
-        for p, keys in itertools.groupby(blocks.tolist(), key=lambda key: key >> assemble.PART_SHIFT):
+        for p, keys in itertools.groupby(read.tolist(), key=lambda key: key >> assemble.PART_SHIFT):
             self.view.partition(p).check_blocks([key & assemble.BLOCK_MASK for key in keys])
         return out
 
@@ -536,7 +537,7 @@ class SampleIndex:
     def _words(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
         """The sample records as int64, int32, uint64 words and the span records as int64, int32, int16, uint8,
         uint64 words (one row per record): how assemble's kernels read them."""
-        sample = tuple(_as_words(self._sample_records, t) for t in (np.int64, np.int32, np.uint64))
+        sample = (*(_as_words(self._sample_records, t) for t in (np.int64, np.int32)), self._sample_words)
         span = tuple(_as_words(self._span_records, t) for t in (np.int64, np.int32, np.int16, np.uint8, np.uint64))
         return sample, span
 

@@ -13,7 +13,9 @@ loader       samples/s and tokens/s at seq_len 2048, shuffled, from a DataLoader
              pilestore item by item (without __getitems__, as before it had one); and pilestore lean: only
              input_ids and labels (fields=...), in int64 and in int32; and
              pilestore's batches pickled by value through the worker's pipe, as before 2026-11-24
-             (*_by_value; now a batch is copied into a slot of the worker's shared-memory ring); and the
+             (*_by_value; now a batch is copied into a slot of the worker's shared-memory ring); and
+             no_read: batches of the lean int32 shape sent the same way with nothing read (the ceiling the
+             DataLoader and the transport leave at this batch size, with no dataset at all); and the
              trainer process's CPU time per batch (unpickling, DataLoader bookkeeping) for each.
              With CUDA: also batches copied to the GPU.
 memory       resident memory of a DataLoader worker after 20k random samples, for a 10M- and a 100M-sample
@@ -142,6 +144,29 @@ class ByValueBatches(PerItem):
         by_value = _by_value_class()(batch.collated)
         by_value._buffer, by_value._layout = batch.collated._buffer, batch.collated._layout
         return Batch(by_value)
+
+
+class NoReadBatches:
+    """The ceiling of a DataLoader worker at this batch shape: a lean int32 batch of the same size built in a slot
+    of the worker's ring and sent as pilestore's batches are, with nothing read into it (one byte a page
+    written). What the DataLoader's own per-batch work and the transport cost, with no dataset at all."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitems__(self, positions: list[int]):  # noqa: ANN204
+        import torch
+
+        from pilestore.samples import batch_layout
+        from pilestore.torch import Batch, _batch_buffer, _packed
+
+        size, layout = batch_layout(len(positions), SEQ_LEN, {}, LEAN)
+        buffer = _batch_buffer(size, torch.int32)
+        buffer.numpy()[::1024] = 1
+        return Batch(_packed(buffer, layout))
 
 
 @functools.cache
@@ -273,6 +298,7 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
                 "memmap_batched": (MemmapBatches(part, ds._view.dtype.name, n), None, passthrough),
                 "pilestore_by_value": (ByValueBatches(ds), repeat, collate),
                 "pilestore_lean_int32_by_value": (ByValueBatches(lean32), repeat, collate),
+                "no_read_lean_int32": (NoReadBatches(len(ds)), repeat, collate),
             }
             runs: dict[str, list[float]] = {name: [] for name in loaders}
             cpus: dict[str, list[float]] = {name: [] for name in loaders}
@@ -302,6 +328,10 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
                 pilestore_lean_int32_samples_per_s=round(median["pilestore_lean_int32"]),
                 lean_int32_tokens_per_s=round(median["pilestore_lean_int32"] * SEQ_LEN),
                 lean_int32_ratio_to_batched=round(median["pilestore_lean_int32"] / median["memmap_batched"], 3),
+                no_read_lean_int32_samples_per_s=round(median["no_read_lean_int32"]),
+                lean_int32_ratio_to_no_read=round(median["pilestore_lean_int32"] / median["no_read_lean_int32"], 3),
+                lean_int32_ratio_to_memmap_loop=round(median["pilestore_lean_int32"] / loop_rate, 3),
+                no_read_ratio_to_memmap_loop=round(median["no_read_lean_int32"] / loop_rate, 3),
                 by_value_pilestore_samples_per_s=round(median["pilestore_by_value"]),
                 by_value_lean_int32_samples_per_s=round(median["pilestore_lean_int32_by_value"]),
                 ring_vs_by_value=round(median["pilestore"] / median["pilestore_by_value"], 3),

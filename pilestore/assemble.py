@@ -20,12 +20,17 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
-from .samples import _SAMPLE_WORDS, IGNORE, SAMPLE_RECORD, SPAN_RECORD
+from .samples import _SAMPLE_WORDS, FIELDS, FIXED, IGNORE, RAGGED, SAMPLE_RECORD, SCALARS, SPAN_RECORD
 from .tokens import BLOCK
 
-OK, DAMAGED, OUTSIDE = 0, 1, 2  # plan's status: every record fine / sample `where` damaged / span `where`'s tokens
+# plan's status: every record fine / sample `where` damaged / span `where`'s tokens outside their file / ids[where]
+# not a sample of the index
+OK, DAMAGED, OUTSIDE, OUT_OF_RANGE = 0, 1, 2, 3
 PART_SHIFT = 40  # fill's block keys: partition << 40 | block (2**40 blocks of 4 KiB per partition)
 BLOCK_MASK = (1 << PART_SHIFT) - 1
+# fill's places: where each of these begins in the batch's buffer (fill's body is written for this order)
+PLACED = (*FIXED, *SCALARS, *(name for key in RAGGED for name in (key, f"{key}_offsets")))
+_FIELD_PLACES = np.array([PLACED.index(key) for key in FIELDS])  # FIELDS among them
 
 
 def _word(dtype: np.dtype, field: str, size: int) -> int:
@@ -61,11 +66,17 @@ def plan(
     itemsize: int,
 ) -> tuple[int, int, int, int, int]:
     """(status, where, spans, padded samples, token blocks read with repeats: what fill's list of blocks needs)
-    of samples `ids` (rows of the sample records): a sample whose
+    of samples `ids` (rows of the sample records; negative ones count from the end and are rewritten in place as
+    the rows they name; one outside [-n, n) is OUT_OF_RANGE, where: its place in ids): a sample whose
     record or span records fail their bounds or checksum, or whose spans do not fit seq_len + 1 = size, is
-    DAMAGED (where: its row in ids); a span whose tokens lie outside its partition's token file (part_tokens:
+    DAMAGED (where: its place in ids); a span whose tokens lie outside its partition's token file (part_tokens:
     tokens per file; doc_first: each partition's first document, then the total) is OUTSIDE (where: the span)."""
-    n_spans = span_i64.shape[0]
+    n_samples, n_spans = sample_i64.shape[0], span_i64.shape[0]
+    for r in range(len(ids)):
+        if ids[r] < -n_samples or ids[r] >= n_samples:
+            return OUT_OF_RANGE, r, 0, 0, 0
+        if ids[r] < 0:
+            ids[r] += n_samples
     total, padded, blocks = 0, 0, 0
     for r in range(len(ids)):
         i = ids[r]
@@ -115,29 +126,25 @@ def fill(
     eod_id: int,
     size: int,
     blocks: int,
-    wanted: np.ndarray,
-    input_ids: np.ndarray,
-    labels: np.ndarray,
-    positions: np.ndarray,
-    n_bytes: np.ndarray,
-    sample: np.ndarray,
-    doc_lengths: np.ndarray,
-    doc_offsets: np.ndarray,
-    span_bytes: np.ndarray,
-    span_offsets: np.ndarray,
-    subset: np.ndarray,
-    subset_offsets: np.ndarray,
+    buffer: np.ndarray,
+    places: np.ndarray,
 ) -> np.ndarray:
     """Samples `ids` (checked by plan) into the batch's fields, as SampleIndex.gather documents them: span k is
     x-tokens [eod] * eod + tokens[offset : offset + context + target] of its partition's file (token_files), laid
     out from its slot in its sample; labels[q - 1] = x[q] for its target x-tokens, IGNORE for its [eod] and
     context x-tokens and after the last span (padding: input id 0, position 0); positions restart with each span.
 
-    blocks: plan's count of token blocks. wanted: 1/0 per field, in FIELDS order (input_ids, labels,
-    position_ids, n_bytes, sample, doc_lengths, span_bytes, subset); the arrays of fields not wanted are empty.
+    blocks: plan's count of token blocks. buffer: the batch's one buffer; places: where each of PLACED begins in
+    it (samples.batch_layout), -1 for the fields not built.
     Returns the token blocks the spans were copied from (when input_ids or labels were written), sorted and
     unique, as partition << PART_SHIFT | block."""
     b, width = len(ids), size - 1
+    input_ids, labels = _rows(buffer, places[0], b, width), _rows(buffer, places[1], b, width)
+    positions, n_bytes, sample = _rows(buffer, places[2], b, width), _tail(buffer, places[3]), _tail(buffer, places[4])
+    doc_lengths, doc_offsets = _tail(buffer, places[5]), _tail(buffer, places[6])
+    span_bytes, span_offsets = _tail(buffer, places[7]), _tail(buffer, places[8])
+    subset, subset_offsets = _tail(buffer, places[9]), _tail(buffer, places[10])
+    wanted = places[_FIELD_PLACES] >= 0  # per field, in FIELDS order
     reads = wanted[0] or wanted[1]
     itemsize = like.itemsize
     keys = np.empty(blocks if reads else 0, np.int64)
@@ -206,6 +213,20 @@ def fill(
             keys[unique] = keys[j]
             unique += 1
     return keys[:unique]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _rows(buffer: np.ndarray, at: int, b: int, width: int) -> np.ndarray:
+    """A (b, width) field of the buffer from `at` on; empty where at < 0 (not built)."""
+    if at < 0:
+        return buffer[:0].reshape((0, width))
+    return buffer[at : at + b * width].reshape((b, width))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _tail(buffer: np.ndarray, at: int) -> np.ndarray:
+    """A one-dimensional field of the buffer from `at` on (written no further than its length); empty where at < 0."""
+    return buffer[:0] if at < 0 else buffer[at:]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -192,6 +192,19 @@ def check_fields(fields: Sequence[str]) -> tuple[str, ...]:
     return tuple(field for field in FIELDS if field in fields)
 
 
+@functools.lru_cache(maxsize=64)
+def _checked_tuple(fields: tuple[str, ...]) -> tuple[str, ...]:
+    return check_fields(fields)
+
+
+def _checked_fields(fields: Sequence[str]) -> tuple[str, ...]:
+    """check_fields, remembered for the tuples a dataset passes with every batch."""
+    return _checked_tuple(fields) if isinstance(fields, tuple) else check_fields(fields)
+
+
+_ABSENT = (-1, ())  # batch_layout's entry for a field not built, as assemble.fill's places take it
+
+
 def batch_layout(
     b: int, seq_len: int, ragged: Mapping[str, int], fields: Sequence[str] = FIELDS
 ) -> tuple[int, dict[str, tuple[int, tuple[int, ...]]]]:
@@ -498,40 +511,50 @@ class SampleIndex:
         alloc(n) gives the batch's buffer of n int64 or int32 items (default: np.empty int64).
         fields: the ones to build (check_fields); a trainer that reads only input_ids and labels moves a third
         fewer bytes. Every sample's records are checked whatever the fields; token blocks when tokens are read."""
+        buffer, layout = self.gather_packed(ids, alloc, fields)
+        return carve(buffer, layout)
+
+    def gather_packed(
+        self, ids: Any, alloc: Callable[[int], np.ndarray] | None = None, fields: Sequence[str] = FIELDS
+    ) -> tuple[np.ndarray, dict[str, tuple[int, tuple[int, ...]]]]:
+        """gather's batch as its one buffer and the batch_layout of its fields in it (what gather carves)."""
         from . import assemble
 
-        fields = check_fields(fields)
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        n = len(self)
-        if len(ids) and (ids.min() < -n or ids.max() >= n):
-            raise IndexError(f"samples out of range for {n} samples")
-        ids = ids % max(n, 1)
+        fields = _checked_fields(fields)
+        ids = np.array(ids, dtype=np.int64).reshape(-1)  # a copy: plan rewrites negative ids as the rows they name
         addresses, part_tokens, like, doc_first = self._token_files()
         (i64, i32, u64), (s64, s32, s16, s8, su64) = self._words
         status, where, total, padded, blocks = assemble.plan(
             ids, i64, i32, u64, s64, s32, s8, su64, _SAMPLE_MULT, _SPAN_MULT, self.seq_len + 1, doc_first, part_tokens,
             like.itemsize,
         )  # fmt: skip
+        if status == assemble.OUT_OF_RANGE:
+            raise IndexError(f"sample {int(ids[where])} out of range for {len(self)} samples")
         if status == assemble.DAMAGED:
             self._damaged(int(ids[where]))
         if status == assemble.OUTSIDE:
             self._outside(where)
         ragged = {"doc_lengths": total + padded, "span_bytes": total, "subset": total}
-        buffer_size, layout = batch_layout(len(ids), self.seq_len, ragged, fields)
-        buffer = alloc(buffer_size) if alloc is not None else np.empty(buffer_size, np.int64)
-        out = carve(buffer, layout)
-        empty = (np.empty(0, buffer.dtype), np.empty((0, 0), buffer.dtype))
-        arrays = [out.get(key, empty[key in FIXED]) for key in (*FIXED, *SCALARS)]
-        for key in RAGGED:
-            arrays += [out.get(key, empty[0]), out.get(f"{key}_offsets", empty[0])]
-        wanted = np.array([key in out for key in FIELDS], np.uint8)
+        size, layout = batch_layout(len(ids), self.seq_len, ragged, fields)
+        buffer = alloc(size) if alloc is not None else np.empty(size, np.int64)
+        places = np.array([layout.get(key, _ABSENT)[0] for key in assemble.PLACED], np.int64)
         read = assemble.fill(
             ids, i64, i32, s64, s32, s16, s8, doc_first, addresses, part_tokens, like, self.view.eod_id,
-            self.seq_len + 1, blocks, wanted, *arrays
+            self.seq_len + 1, blocks, buffer, places
         )  # fmt: skip
-        for p, keys in itertools.groupby(read.tolist(), key=lambda key: key >> assemble.PART_SHIFT):
-            self.view.partition(p).check_blocks([key & assemble.BLOCK_MASK for key in keys])
-        return out
+        self._check_blocks(read)
+        return buffer, layout
+
+    def _check_blocks(self, read: np.ndarray) -> None:
+        """Hash the token blocks fill read (sorted keys partition << PART_SHIFT | block), a partition at a time."""
+        from .assemble import BLOCK_MASK, PART_SHIFT
+
+        if not len(read):
+            return
+        parts = read >> PART_SHIFT
+        starts = [0, *(np.flatnonzero(parts[1:] != parts[:-1]) + 1).tolist(), len(read)]
+        for begin, end in itertools.pairwise(starts):
+            self.view.partition(int(parts[begin])).check_blocks(read[begin:end] & BLOCK_MASK)
 
     @functools.cached_property
     def _words(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:

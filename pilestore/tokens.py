@@ -21,7 +21,7 @@ import hashlib
 import mmap
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,7 @@ class PartitionTokens:
         """tokens[begin:end] after checking the checksums of the blocks they lie in."""
         self.check_range(begin, end)
         size = self.tokens.itemsize
-        self.check_blocks(range(begin * size // BLOCK, (end * size - 1) // BLOCK + 1))
+        self.check_blocks(np.arange(begin * size // BLOCK, (end * size - 1) // BLOCK + 1))
         return self.tokens[begin:end]
 
     def check_range(self, begin: int, end: int) -> None:
@@ -107,16 +107,16 @@ class PartitionTokens:
                 "index does not belong to this view: rebuild it with `pilestore index`"
             )
 
-    def check_blocks(self, blocks: Sequence[int]) -> None:
-        """A clear error unless each of these BLOCK-byte blocks of the token file matches its checksum: their sums
-        read in one gather, each block hashed through a memoryview (a numpy slice and scalar per block cost 2.5x
-        the time of the hashing itself)."""
+    def check_blocks(self, blocks: np.ndarray) -> None:
+        """A clear error unless each of these BLOCK-byte blocks of the token file (an int64 array) matches its
+        checksum: their sums read in one gather, each block hashed through a memoryview (a numpy slice and scalar
+        per block cost 2.5x the time of the hashing itself)."""
         if not len(blocks):
             return
         sums, data = self.sums, self.data
-        if not 0 <= min(blocks) <= max(blocks) < len(sums):
-            self._damaged(next(block for block in blocks if not 0 <= block < len(sums)))
-        for block, expected in zip(blocks, sums[blocks].tolist(), strict=True):
+        if blocks.min() < 0 or blocks.max() >= len(sums):
+            self._damaged(int(blocks[(blocks < 0) | (blocks >= len(sums))][0]))
+        for block, expected in zip(blocks.tolist(), sums[blocks].tolist(), strict=True):
             if _xxh3_64(data[block * BLOCK : (block + 1) * BLOCK]) != expected:
                 self._damaged(block)
 

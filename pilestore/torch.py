@@ -33,7 +33,7 @@ from torch.utils.data import Sampler
 from . import ring as rings
 from .errors import PilestoreError
 from .sampler import EpochOrder, merge_ranges
-from .samples import FIELDS, FIXED, RAGGED, SCALARS, batch_layout, carve, check_fields
+from .samples import FIELDS, FIXED, RAGGED, SCALARS, batch_layout, check_fields
 
 CHUNK = 8192  # positions turned into sample indices at a time
 
@@ -313,9 +313,10 @@ class PileDataset(torch.utils.data.Dataset):
             holder.append(_batch_buffer(size, self.dtype))
             return holder[0].numpy()
 
-        arrays = self.index.gather(self.sample_ids(positions), alloc, self.fields)  # views of holder[0]
-        ragged = {key: len(arrays[key]) for key in RAGGED if key in arrays}
-        _, layout = batch_layout(len(positions), self.index.seq_len, ragged, self.fields)
+        if self.mixture is None:  # positions are the index's samples (gather checks their range)
+            _, layout = self.index.gather_packed(positions, alloc, self.fields)
+        else:
+            _, layout = self.index.gather_packed(self.sample_ids(positions), alloc, self.fields)
         return Batch(_packed(holder[0], layout))
 
 
@@ -324,7 +325,13 @@ def _packed(buffer: torch.Tensor, layout: dict[str, tuple[int, tuple[int, ...]]]
     worker as that one buffer, built in (_batch_buffer) or copied into a slot of the worker's shared-memory ring
     (_reduce_for_pipe), or pickled by value, never as a shared-memory segment created, mapped and handed over
     per batch (benchmarks.md, "How a batch leaves a worker")."""
-    fields = Fields(carve(buffer, layout))
+    base = buffer.storage_offset()
+    fields = Fields(  # as_strided: 0.6x the time of slicing and reshaping
+        {
+            key: buffer.as_strided(shape, (shape[1], 1) if len(shape) == 2 else (1,), base + at)
+            for key, (at, shape) in layout.items()
+        }
+    )
     fields._buffer, fields._layout = buffer, layout
     return fields
 

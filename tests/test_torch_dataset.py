@@ -99,8 +99,11 @@ def test_batched_reads_equal_collated_single_reads(
             assert all(torch.equal(got[k][key], single[key]) for key in single)
     padded = collate(ds.__getitems__(list(range(len(ds)))))
     assert kind == "train" or int((padded["labels"] == IGNORE).sum()) > 0
-    with pytest.raises(IndexError):
-        ds.__getitems__([0, len(ds)])
+    for outside in (len(ds), -len(ds) - 1):
+        with pytest.raises(IndexError, match="out of range for"):
+            ds.__getitems__([0, outside])
+    ids = np.array([-1, 0, -len(ds.index)])  # negative ids count from the end; the caller's array stays as it was
+    assert np.array_equal(ds.index.gather(ids)["sample"], [len(ds.index) - 1, 0, 0]) and ids[0] == -1
 
 
 @pytest.mark.parametrize(

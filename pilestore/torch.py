@@ -313,10 +313,8 @@ class PileDataset(torch.utils.data.Dataset):
             holder.append(_batch_buffer(size, self.dtype))
             return holder[0].numpy()
 
-        if self.mixture is None:  # positions are the index's samples (gather checks their range)
-            _, layout = self.index.gather_packed(positions, alloc, self.fields)
-        else:
-            _, layout = self.index.gather_packed(self.sample_ids(positions), alloc, self.fields)
+        ids = positions if self.mixture is None else self.sample_ids(positions)  # gather checks their range
+        _, layout = self.index.gather_packed(ids, alloc, self.fields)
         return Batch(_packed(holder[0], layout))
 
 

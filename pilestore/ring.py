@@ -84,9 +84,9 @@ class Ring:
         if k is None:
             return None
         array = self.slot(k, nbytes - nbytes % dtype.itemsize).view(dtype)
-        claim = (k, next(_claims))  # a later claim of the same slot is another claim
-        self.claimed[array.ctypes.data] = claim
-        weakref.finalize(array, self._unclaim, array.ctypes.data, claim)
+        address, claim = array.ctypes.data, (k, next(_claims))  # a later claim of the same slot is another claim
+        self.claimed[address] = claim
+        weakref.finalize(array, self._unclaim, address, claim)
         return array
 
     def sent(self, address: int) -> int | None:
@@ -163,10 +163,13 @@ def remove_on_sigterm(ring: Ring) -> None:
     """Remove the ring's file if this process is terminated: multiprocessing ends daemonic DataLoader workers
     with SIGTERM at interpreter exit, and no Finalize runs then; a ring the trainer never mapped (its batches all
     went by value) would stay in /dev/shm. The process then ends of the signal as it would have. Installed from
-    the main thread only (Python runs signal handlers there)."""
+    the main thread only (Python runs signal handlers there), and not where SIGTERM is ignored (the process
+    goes on, its ring with it)."""
     if threading.current_thread() is not threading.main_thread():
         return
     previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_IGN:
+        return
 
     def handler(signum: int, frame: Any) -> None:
         close(ring)

@@ -584,6 +584,7 @@ class SampleIndex:
                 f"does not belong to this view; {REBUILD}"
             )
         self.view.partition(self._locate(doc)[0]).check_range(offset, offset + count)
+        raise PilestoreError(f"{self._where}: span {k}'s tokens lie outside their token file; {REBUILD}")
 
     def _damaged(self, i: int) -> None:
         raise PilestoreError(

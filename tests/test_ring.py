@@ -109,3 +109,24 @@ def test_a_missing_or_foreign_ring_is_a_clear_error(tmp_path: Path) -> None:
     foreign.write_bytes(b"\0" * 8192)
     with pytest.raises(rings.RingError, match="not a pilestore batch ring"):
         rings.opened(str(foreign), os.getpid())
+
+
+def test_a_terminated_worker_removes_its_ring_unless_it_ignores_termination(tmp_path: Path) -> None:
+    """remove_on_sigterm in a process of its own: SIGTERM removes the ring's file and still ends the process;
+    where SIGTERM is ignored the process goes on, so its ring stays (a handler there would remove a ring in use)."""
+    script = (
+        "import os, signal, sys, time\n"
+        "from pathlib import Path\n"
+        "from pilestore import ring as rings\n"
+        "if sys.argv[2] == 'ignore':\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "ring = rings.create(4096, folder=Path(sys.argv[1]))\n"
+        "rings.remove_on_sigterm(ring)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(0.2)\n"
+        "print('alive', Path(ring.name).exists())\n"
+    )
+    ended = subprocess.run([sys.executable, "-c", script, str(tmp_path), "end"], capture_output=True, text=True)
+    assert ended.returncode == -15 and "alive" not in ended.stdout and not list(tmp_path.iterdir())
+    ignored = subprocess.run([sys.executable, "-c", script, str(tmp_path), "ignore"], capture_output=True, text=True)
+    assert ignored.returncode == 0 and ignored.stdout.strip() == "alive True", ignored.stderr

@@ -7,9 +7,9 @@ faults in and maps fresh memory every time. A Ring is made once per worker: a fi
 slots, its space reserved up front (posix_fallocate: a full /dev/shm, as in a default Docker container, makes
 the ring fail to open here rather than crash a process later). The worker builds a batch in a free slot
 (claim; or copies one built elsewhere into a free slot: put) and sends only (ring name, slot, size); the
-trainer process maps the ring once, copies the slot into a fresh tensor of its own and marks the slot free. A
-batch that does not fit, or finds no free slot, is sent by value as before, so a trainer that falls behind
-never blocks a worker.
+trainer process maps the ring once, copies the slot into memory of its own (reused: pilestore.pool) and marks
+the slot free. A batch that does not fit, or finds no free slot, is sent by value as before, so a trainer that
+falls behind never blocks a worker.
 
     header (4096 bytes)   magic, slot count, slot size, closed flag, one busy byte per slot
     slot k                at 4096 + k * slot_bytes
@@ -83,7 +83,8 @@ class Ring:
         k = self._reserve(nbytes)
         if k is None:
             return None
-        array = self.slot(k, nbytes - nbytes % dtype.itemsize).view(dtype)
+        # made from the map itself (not as a view of another array): numpy views of it keep it, and the claim, alive
+        array = np.frombuffer(self.map, dtype, nbytes // dtype.itemsize, HEADER + k * self.slot_bytes)
         address, claim = array.ctypes.data, (k, next(_claims))  # a later claim of the same slot is another claim
         self.claimed[address] = claim
         weakref.finalize(array, self._unclaim, address, claim)

@@ -32,6 +32,7 @@ from torch.utils.data import Sampler
 
 from . import ring as rings
 from .errors import PilestoreError
+from .pool import Pool
 from .sampler import EpochOrder, merge_ranges
 from .samples import FIELDS, FIXED, RAGGED, SCALARS, batch_layout, check_fields
 
@@ -338,6 +339,8 @@ def _unpacked(array: np.ndarray, layout: dict[str, tuple[int, tuple[int, ...]]])
     return _packed(torch.from_numpy(array if array.flags.writeable else array.copy()), layout)
 
 
+_received = Pool()  # the memory of batches read or received in this process, reused (pilestore.pool)
+_NUMPY = {t: np.dtype(str(t).removeprefix("torch.")) for t in (torch.int32, torch.int64)}
 _worker_ring: tuple[int, rings.Ring | None] | None = None  # (pid, its ring or None where none could be made)
 _ring_lock = threading.Lock()
 
@@ -364,12 +367,13 @@ def _ring_for(nbytes: int) -> rings.Ring | None:
 def _batch_buffer(size: int, dtype: torch.dtype) -> torch.Tensor:
     """A batch's buffer of `size` items: in a DataLoader worker, a free slot of its ring, so the batch is built
     where the trainer will read it (nothing to copy when it is sent); elsewhere, or with no free slot, memory of
-    its own."""
+    this process's pool (already faulted in when an earlier batch's memory is reused)."""
     nbytes = size * dtype.itemsize
     with _ring_lock:
         ring = _ring_for(nbytes)
-    array = ring.claim(nbytes, np.dtype(str(dtype).removeprefix("torch."))) if ring is not None else None
-    return torch.from_numpy(array) if array is not None else torch.empty(size, dtype=dtype)
+    np_dtype = _NUMPY[dtype]
+    array = ring.claim(nbytes, np_dtype) if ring is not None else None
+    return torch.from_numpy(array if array is not None else _received.take(size, np_dtype))
 
 
 def _reduce_for_pipe(fields: Fields) -> tuple[Any, ...]:
@@ -395,10 +399,11 @@ def _reduce_for_pipe(fields: Fields) -> tuple[Any, ...]:
 def _from_ring(
     name: str, pid: int, k: int, dtype: str, numel: int, layout: dict[str, tuple[int, tuple[int, ...]]]
 ) -> Fields:
-    """The batch in slot k of worker pid's ring, copied into a tensor of this process (the slot is freed)."""
-    out = torch.empty(numel, dtype=getattr(torch, dtype))
-    rings.opened(name, pid).take(k, out.numpy())
-    return _packed(out, layout)
+    """The batch in slot k of worker pid's ring, copied into memory of this process's pool (the slot is freed
+    at once; the memory returns to the pool when the batch's tensors are all gone)."""
+    out = _received.take(numel, np.dtype(dtype))
+    rings.opened(name, pid).take(k, out)
+    return _packed(torch.from_numpy(out), layout)
 
 
 def collate(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -67,6 +67,26 @@ def test_a_batch_built_in_a_claimed_slot_is_sent_without_a_copy_or_freed_when_dr
     rings.close(ring)
 
 
+def test_a_view_of_a_claimed_slot_keeps_it_claimed(tmp_path: Path) -> None:
+    """Only dropping every view of a claimed slot frees it: a slot freed under a live view would be built
+    over by the next batch."""
+    import gc
+
+    ring = rings.create(4096, slots=1, folder=tmp_path)
+    assert ring is not None
+    array = ring.claim(4000, np.dtype(np.int32))
+    assert array is not None
+    views = [array[10:20], array.view(np.uint8), array.reshape(2, 500)]
+    del array
+    while views:
+        gc.collect()
+        assert ring.busy.tolist() == [1] and ring.claim(8, np.dtype(np.int64)) is None  # a view still lives
+        views.pop()
+    gc.collect()
+    assert ring.busy.tolist() == [0]
+    rings.close(ring)
+
+
 def test_the_trainer_side_drops_rings_whose_worker_ended(tmp_path: Path) -> None:
     first = rings.create(4096, folder=tmp_path)
     second = rings.create(4096, folder=tmp_path)

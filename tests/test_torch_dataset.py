@@ -70,6 +70,34 @@ def test_dataloader_workers_return_the_same_batches(dataset_store: pilestore.Sto
     assert count == -(-len(order) // 4) and total_targets > 0
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_batches_a_trainer_holds_stay_intact_while_later_ones_arrive(
+    dataset_store: pilestore.Store, model: Path, workers: int
+) -> None:
+    """Batch memory is reused (pilestore.pool) only once nothing views it: a trainer that keeps batches, or
+    views of them, finds them unchanged after many more have arrived, and memory of dropped batches is reused."""
+    from pilestore import torch as pt
+
+    ds = PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=model)
+    sampler = PileSampler(ds, num_replicas=1, rank=0, seed=5)
+    loader = DataLoader(ds, batch_size=8, sampler=sampler, num_workers=workers, collate_fn=collate)
+    order, reused = list(sampler), pt._received.reused
+    kept, views = [], []
+    for epoch in range(3):
+        for k, batch in enumerate(loader):
+            if epoch == 0 and k % 2 == 0:
+                kept.append((k, batch))  # every other batch of the first epoch, whole
+            elif epoch == 0:
+                views.append((k, batch["labels"][1:3, 5:]))  # or only a view of one field
+    assert len(kept) > 2 and len(views) > 2
+    for k, batch in kept:  # read again item by item: memory of its own, not the pool's
+        expected = collate([ds[i] for i in order[8 * k : 8 * k + 8]])
+        assert all(torch.equal(batch[key], expected[key]) for key in expected), k
+    for k, view in views:
+        assert torch.equal(view, collate([ds[i] for i in order[8 * k : 8 * k + 8]])["labels"][1:3, 5:]), k
+    assert pt._received.reused > reused  # the later epochs' batches reused the memory of dropped ones
+
+
 @pytest.mark.parametrize(
     "kind, options",
     [

@@ -22,6 +22,7 @@ the ring closed, and the trainer drops the mappings of closed rings and of rings
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import mmap
 import os
@@ -62,6 +63,7 @@ class Ring:
     slot_bytes: int
     pid: int
     claimed: dict[int, tuple[int, int]] = field(default_factory=dict)  # worker side: address -> (slot, claim number)
+    _watched: dict[int, tuple[weakref.ref, int, tuple[int, int]]] = field(default_factory=dict)  # claimed arrays
     lock: threading.Lock = field(default_factory=threading.Lock)  # worker side: claim() and put() pick slots
 
     @property
@@ -83,11 +85,13 @@ class Ring:
         k = self._reserve(nbytes)
         if k is None:
             return None
+        at = HEADER + k * self.slot_bytes
         # made from the map itself (not as a view of another array): numpy views of it keep it, and the claim, alive
-        array = np.frombuffer(self.map, dtype, nbytes // dtype.itemsize, HEADER + k * self.slot_bytes)
-        address, claim = array.ctypes.data, (k, next(_claims))  # a later claim of the same slot is another claim
+        array = np.frombuffer(self.map, dtype, nbytes // dtype.itemsize, at)
+        address, claim = self._address + at, (k, next(_claims))  # a later claim of the same slot is another claim
         self.claimed[address] = claim
-        weakref.finalize(array, self._unclaim, address, claim)
+        ref = weakref.ref(array, self._dropped)  # a weakref's callback: a third of weakref.finalize's cost
+        self._watched[id(ref)] = (ref, address, claim)
         return array
 
     def sent(self, address: int) -> int | None:
@@ -96,10 +100,17 @@ class Ring:
         claim = self.claimed.pop(address, None)
         return None if claim is None else claim[0]
 
-    def _unclaim(self, address: int, claim: tuple[int, int]) -> None:
+    def _dropped(self, ref: weakref.ref) -> None:
+        _, address, claim = self._watched.pop(id(ref))
         if self.claimed.get(address) == claim:  # never sent: nobody else will free it
             self.claimed.pop(address, None)
-            self.busy[claim[0]] = 0
+            self.map[_BUSY + claim[0]] = 0
+
+    @functools.cached_property
+    def _address(self) -> int:
+        """Where the map begins in this process's memory (read once: an array over the map is dropped at once,
+        so the map can still be closed)."""
+        return np.frombuffer(self.map, np.uint8, 1).ctypes.data
 
     def _reserve(self, nbytes: int) -> int | None:
         """A free slot of room for nbytes, marked busy (before any message that names it leaves this process);
@@ -107,12 +118,11 @@ class Ring:
         if nbytes > self.slot_bytes:
             return None
         with self.lock:
-            busy = self.busy
-            free = np.flatnonzero(busy == 0)
-            if not len(free):
+            at = self.map.find(b"\0", _BUSY, _BUSY + self.slots)
+            if at < 0:
                 return None
-            busy[free[0]] = 1
-            return int(free[0])
+            self.map[at] = 1
+            return at - _BUSY
 
     def put(self, data: np.ndarray) -> int | None:
         """Copy data (bytes of a contiguous array) into a free slot, mark it busy and return its number; None
@@ -127,7 +137,7 @@ class Ring:
         if not 0 <= k < self.slots or out.nbytes > self.slot_bytes:
             raise RingError(f"{self.name}: slot {k} of {out.nbytes} bytes does not fit this ring of {self.slots}")
         out.reshape(-1).view(np.uint8)[:] = self.slot(k, out.nbytes)
-        self.busy[k] = 0  # after the copy: the worker may write the slot again
+        self.map[_BUSY + k] = 0  # after the copy: the worker may write the slot again
 
 
 def create(slot_bytes: int, slots: int = SLOTS, folder: Path = FOLDER) -> Ring | None:

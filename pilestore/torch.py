@@ -347,16 +347,24 @@ _ring_lock = threading.Lock()
 
 def _ring_for(nbytes: int) -> rings.Ring | None:
     """This worker process's ring, made on first use with slots a quarter larger than this batch; None outside
-    a DataLoader worker or where no ring can be made."""
+    a DataLoader worker or where no ring can be made. Known after the first call: no lock, nothing imported."""
+    known = _worker_ring
+    if known is not None and known[0] == os.getpid():  # another pid: a process forked since, with rings of its own
+        return known[1]
+    with _ring_lock:
+        return _first_ring_for(nbytes)
+
+
+def _first_ring_for(nbytes: int) -> rings.Ring | None:
     global _worker_ring
     from multiprocessing.util import Finalize
 
     from torch.utils.data import get_worker_info
 
-    if get_worker_info() is None:
-        return None
     if _worker_ring is None or _worker_ring[0] != os.getpid():  # first batch of this process: tried once
-        ring = rings.create(max(nbytes + nbytes // 4, 1 << 16))  # None: no /dev/shm or no room, all by value
+        ring = None
+        if get_worker_info() is not None:
+            ring = rings.create(max(nbytes + nbytes // 4, 1 << 16))  # None: no /dev/shm or no room, all by value
         if ring is not None:
             Finalize(ring, rings.close, args=(ring,), exitpriority=10)  # run as the worker ends
             rings.remove_on_sigterm(ring)  # and if it is terminated instead
@@ -369,8 +377,7 @@ def _batch_buffer(size: int, dtype: torch.dtype) -> torch.Tensor:
     where the trainer will read it (nothing to copy when it is sent); elsewhere, or with no free slot, memory of
     this process's pool (already faulted in when an earlier batch's memory is reused)."""
     nbytes = size * dtype.itemsize
-    with _ring_lock:
-        ring = _ring_for(nbytes)
+    ring = _ring_for(nbytes)
     np_dtype = _NUMPY[dtype]
     array = ring.claim(nbytes, np_dtype) if ring is not None else None
     return torch.from_numpy(array if array is not None else _received.take(size, np_dtype))
@@ -385,8 +392,7 @@ def _reduce_for_pipe(fields: Fields) -> tuple[Any, ...]:
     shared-memory ring of slots")."""
     buffer = fields._buffer
     if buffer is not None and fields._layout is not None and fields._is_packed():
-        with _ring_lock:
-            ring = _ring_for(buffer.nbytes)
+        ring = _ring_for(buffer.nbytes)
         k = None if ring is None else ring.sent(buffer.data_ptr())  # built in a slot (_batch_buffer): sent as it is
         if ring is not None and k is None:
             k = ring.put(buffer.numpy())

@@ -2,9 +2,10 @@
 
 The trainer's process copies every batch out of its worker's ring slot (pilestore.ring) into memory of its own,
 and a DataLoader with no workers builds every batch in a new buffer. Fresh memory of a large batch is faulted
-in a page at a time on first write: glibc returns large blocks to the kernel when they are freed, so a batch of
-128 lean int32 samples at seq_len 2048 (2 MB) cost ~320 page faults every time, twice the time of copying it.
-A Pool keeps the memory of batches nobody holds any more and hands it out again, already faulted in.
+in a page at a time on first write, and glibc often returns large freed blocks to the kernel: in some trainer
+processes a batch of 128 lean int32 samples at seq_len 2048 (2 MB) cost ~320 page faults every time, 5x the
+time of the copy itself. A Pool keeps the memory of batches nobody holds any more and hands it out again,
+already faulted in.
 
     pool = Pool()
     out = pool.take(1000, np.dtype(np.int32))     # an array of 1,000 int32, its contents undefined
@@ -13,9 +14,9 @@ A Pool keeps the memory of batches nobody holds any more and hands it out again,
 
 An array that take() returns is the only way to its memory: it views memory through an object of its own,
 not through the pooled array, so every numpy view of it (and every tensor made from it or its views) keeps it
-alive, and its memory returns to the pool only when the last of them is gone (a weak reference's callback). Memory
-is reused for a request of the same size class (sizes rounded up to 1/16 of their power of two, at least one
-page); at most `keep` free blocks are held, the most recently returned ones, and anything beyond is freed.
+alive, and its memory returns to the pool only when the last of them is gone (a weak reference's callback).
+Memory is reused for a request of the same size class (sizes rounded up to 1/16 of their power of two, at
+least one page); at most `keep` free blocks are held, the most recently returned ones, and the rest are freed.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Pool:
         self.keep = keep
         self._free: OrderedDict[int, list[np.ndarray]] = OrderedDict()  # size class -> free blocks, oldest first
         self._count = 0
-        self._lock = threading.RLock()  # re-entered when a finalizer runs inside take() (cyclic GC)
+        self._lock = threading.RLock()  # re-entered if a weakref callback runs inside take() (cyclic GC)
         self._lent: dict[int, tuple[weakref.ref, np.ndarray]] = {}  # id of a weak ref to an array out -> it, block
         self.reused = 0  # blocks handed out again (for tests and benchmarks)
         _pools.add(self)

@@ -422,6 +422,7 @@ class SampleIndex:
         self.subset_samples = np.asarray(self.info["subset_samples"], dtype=np.int64)
         self._doc_first: list[int] | None = None
         self._files: tuple[np.ndarray, ...] | None = None
+        self._sums: tuple[Any, ...] | None = None  # _block_sums, () where blockhash cannot be used
 
     def _open(self, folder: Path, name: str) -> None:
         try:
@@ -546,15 +547,49 @@ class SampleIndex:
         return buffer, layout
 
     def _check_blocks(self, read: np.ndarray) -> None:
-        """Hash the token blocks fill read (sorted keys partition << PART_SHIFT | block), a partition at a time."""
+        """Hash the token blocks fill read (sorted keys partition << PART_SHIFT | block): in one kernel where
+        blockhash can (the first mismatch is then checked again, and named, the Python way), else a partition
+        at a time."""
         from .assemble import BLOCK_MASK, PART_SHIFT
 
         if not len(read):
             return
+        sums = self._block_sums()
+        if sums is not None:
+            from .blockhash import first_mismatch
+
+            fn, nbytes, sum_addresses, sum_counts, like = sums
+            bad = first_mismatch(fn, read, self._token_files()[0], nbytes, sum_addresses, sum_counts, like)
+            if bad < 0:
+                return
+            read = read[bad : bad + 1]
         parts = read >> PART_SHIFT
         starts = [0, *(np.flatnonzero(parts[1:] != parts[:-1]) + 1).tolist(), len(read)]
         for begin, end in itertools.pairwise(starts):
             self.view.partition(int(parts[begin])).check_blocks(read[begin:end] & BLOCK_MASK)
+
+    def _block_sums(self) -> tuple[Any, ...] | None:
+        """What blockhash.first_mismatch takes besides the keys and the token files' addresses: its hash
+        function, the files' sizes, their checksums' addresses and counts, an empty uint64 array; None where
+        blockhash.function() is None or a checksum file is not in native byte order. Made once per process."""
+        if self._sums is None:
+            from .blockhash import function
+
+            parts = [self.view.partition(p) for p in range(self.view.num_partitions)]
+            fn = function()
+            usable = fn is not None and all(part.sums.dtype.isnative for part in parts)
+            self._sums = (
+                (
+                    fn,
+                    np.array([part.tokens.nbytes for part in parts], dtype=np.int64),
+                    np.array([part.sums.ctypes.data for part in parts], dtype=np.int64),
+                    np.array([len(part.sums) for part in parts], dtype=np.int64),
+                    np.empty(0, np.uint64),
+                )
+                if usable
+                else ()
+            )
+        return self._sums or None
 
     @functools.cached_property
     def _words(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:

@@ -541,12 +541,23 @@ def test_workers_refuse_an_index_rebuilt_after_the_dataset_was_made(
 
 @pytest.mark.parametrize("damaged", [0, 1])
 @pytest.mark.parametrize("others", [8, 100])  # a small and a large batch
+@pytest.mark.parametrize("kernel", [True, False])  # blocks hashed in blockhash's kernel, or a Python call each
 def test_a_batch_over_two_partitions_names_the_damaged_token_file(
-    dataset_store: pilestore.Store, model: Path, tmp_path: Path, damaged: int, others: int
+    dataset_store: pilestore.Store,
+    model: Path,
+    tmp_path: Path,
+    damaged: int,
+    others: int,
+    kernel: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import shutil
 
+    from pilestore import blockhash
     from pilestore.tokens import TokenDamageError
+
+    if not kernel:
+        monkeypatch.setattr(blockhash, "function", lambda: None)
 
     shutil.copytree(dataset_store.path, tmp_path / "copy.store")
     ds = PileDataset(pilestore.open(tmp_path / "copy.store"), "train", seq_len=256, context=64, tokenizer=model)
@@ -563,6 +574,7 @@ def test_a_batch_over_two_partitions_names_the_damaged_token_file(
         fh.seek(10)
         fh.write(bytes([byte[0] ^ 0x40]))
     fresh = PileDataset(pilestore.open(tmp_path / "copy.store"), "train", seq_len=256, context=64, tokenizer=model)
+    assert (fresh.index._block_sums() is not None) == kernel  # the kernel is used wherever it can be
     with pytest.raises(TokenDamageError, match=files[damaged].name):
         fresh.__getitems__((other * others)[:others] + touched[:1])  # spans of both partitions in one batch
     got = collate(fresh.__getitems__(clean))  # samples that do not touch the damaged block still read exactly

@@ -11,7 +11,7 @@ hashes as xxhash.xxh3_64_intdigest on inputs of every length class XXH3 treats a
 differs (another build, another platform) function() is None and the caller checks blocks the Python way.
 
     fn = function()
-    bad = first_mismatch(fn, keys, addresses, nbytes, sum_addresses, sum_counts, like)   # -1: all match
+    bad = first_mismatch(fn, keys, addresses, part_tokens, itemsize, sum_addresses, sum_counts)  # -1: all match
 """
 
 from __future__ import annotations
@@ -53,23 +53,24 @@ def first_mismatch(
     fn: Any,
     keys: np.ndarray,
     addresses: np.ndarray,
-    nbytes: np.ndarray,
+    part_tokens: np.ndarray,
+    itemsize: int,
     sum_addresses: np.ndarray,
     sum_counts: np.ndarray,
-    like: np.ndarray,
 ) -> int:
     """The position in `keys` (partition << PART_SHIFT | block, as assemble.fill returns them) of the first
     block whose xxh3_64 differs from its checksum, or that has no checksum; -1 when every block matches.
-    Partition p's token file is nbytes[p] bytes at addresses[p]; its checksums, sum_counts[p] uint64 at
-    sum_addresses[p] (like: an empty uint64 array). Block b is bytes b * BLOCK up to (b + 1) * BLOCK of its
-    file, the last one shorter, as tokens.block_sums made them."""
+    Partition p's token file is part_tokens[p] items of itemsize bytes at addresses[p] (assemble.token_files);
+    its checksums, sum_counts[p] uint64 at sum_addresses[p]. Block b is bytes b * BLOCK up to (b + 1) * BLOCK
+    of its file, the last one shorter, as tokens.block_sums made them."""
+    like = np.empty(0, np.uint64)
     for j in range(len(keys)):
         p = keys[j] >> PART_SHIFT
         block = keys[j] & BLOCK_MASK
         if p < 0 or p >= len(addresses) or block >= sum_counts[p]:
             return j
         sums = numba.carray(_pointer(sum_addresses[p], like), sum_counts[p])
-        n = max(min(BLOCK, nbytes[p] - block * BLOCK), 0)
+        n = max(min(BLOCK, part_tokens[p] * itemsize - block * BLOCK), 0)
         if fn(addresses[p] + block * BLOCK, n) != sums[block]:
             return j
     return -1

@@ -56,10 +56,10 @@ class Pool:
         is one, else in new memory; the block returns to the pool when the array and all its views are gone."""
         if count < 0:
             raise ValueError(f"cannot take {count} items")
-        nbytes = count * dtype.itemsize
-        block = self._reuse(size_class(nbytes))
+        size = size_class(count * dtype.itemsize)
+        block = self._reuse(size)
         if block is None:
-            block = np.empty(size_class(nbytes), np.uint8)
+            block = np.empty(size, np.uint8)
         else:
             self.reused += 1
         array = np.frombuffer(memoryview(block), dtype, count)  # its base is the memoryview, not block

@@ -422,7 +422,6 @@ class SampleIndex:
         self.subset_samples = np.asarray(self.info["subset_samples"], dtype=np.int64)
         self._doc_first: list[int] | None = None
         self._files: tuple[np.ndarray, ...] | None = None
-        self._sums: tuple[Any, ...] | None = None  # _block_sums, () where blockhash cannot be used
 
     def _open(self, folder: Path, name: str) -> None:
         try:
@@ -554,12 +553,12 @@ class SampleIndex:
 
         if not len(read):
             return
-        sums = self._block_sums()
+        sums = self._block_sums
         if sums is not None:
             from .blockhash import first_mismatch
 
-            fn, nbytes, sum_addresses, sum_counts, like = sums
-            bad = first_mismatch(fn, read, self._token_files()[0], nbytes, sum_addresses, sum_counts, like)
+            addresses, part_tokens, like, _ = self._token_files()
+            bad = first_mismatch(sums[0], read, addresses, part_tokens, like.itemsize, *sums[1:])
             if bad < 0:
                 return
             read = read[bad : bad + 1]
@@ -568,28 +567,22 @@ class SampleIndex:
         for begin, end in itertools.pairwise(starts):
             self.view.partition(int(parts[begin])).check_blocks(read[begin:end] & BLOCK_MASK)
 
-    def _block_sums(self) -> tuple[Any, ...] | None:
-        """What blockhash.first_mismatch takes besides the keys and the token files' addresses: its hash
-        function, the files' sizes, their checksums' addresses and counts, an empty uint64 array; None where
-        blockhash.function() is None or a checksum file is not in native byte order. Made once per process."""
-        if self._sums is None:
-            from .blockhash import function
+    @functools.cached_property
+    def _block_sums(self) -> tuple[Any, np.ndarray, np.ndarray] | None:
+        """What blockhash.first_mismatch takes besides the keys and the token files (_token_files): its hash
+        function and the checksums' addresses and counts; None where blockhash.function() is None or a checksum
+        file is not in native byte order. Made once per process."""
+        from .blockhash import function
 
-            parts = [self.view.partition(p) for p in range(self.view.num_partitions)]
-            fn = function()
-            usable = fn is not None and all(part.sums.dtype.isnative for part in parts)
-            self._sums = (
-                (
-                    fn,
-                    np.array([part.tokens.nbytes for part in parts], dtype=np.int64),
-                    np.array([part.sums.ctypes.data for part in parts], dtype=np.int64),
-                    np.array([len(part.sums) for part in parts], dtype=np.int64),
-                    np.empty(0, np.uint64),
-                )
-                if usable
-                else ()
-            )
-        return self._sums or None
+        parts = [self.view.partition(p) for p in range(self.view.num_partitions)]
+        fn = function()
+        if fn is None or not all(part.sums.dtype.isnative for part in parts):
+            return None
+        return (
+            fn,
+            np.array([part.sums.ctypes.data for part in parts], dtype=np.int64),
+            np.array([len(part.sums) for part in parts], dtype=np.int64),
+        )
 
     @functools.cached_property
     def _words(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:

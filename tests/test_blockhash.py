@@ -46,10 +46,10 @@ def _first_mismatch(keys: list[int], datas: list[np.ndarray], sums: list[np.ndar
         blockhash.function(),
         np.array(keys, dtype=np.int64),
         np.array([d.ctypes.data for d in datas], dtype=np.int64),
-        np.array([d.nbytes for d in datas], dtype=np.int64),
+        np.array([d.nbytes for d in datas], dtype=np.int64),  # uint8 "tokens": one byte an item
+        1,
         np.array([s.ctypes.data for s in sums], dtype=np.int64),
         np.array([len(s) for s in sums], dtype=np.int64),
-        np.empty(0, np.uint64),
     )
 
 

@@ -574,7 +574,7 @@ def test_a_batch_over_two_partitions_names_the_damaged_token_file(
         fh.seek(10)
         fh.write(bytes([byte[0] ^ 0x40]))
     fresh = PileDataset(pilestore.open(tmp_path / "copy.store"), "train", seq_len=256, context=64, tokenizer=model)
-    assert (fresh.index._block_sums() is not None) == kernel  # the kernel is used wherever it can be
+    assert (fresh.index._block_sums is not None) == kernel  # the kernel is used wherever it can be
     with pytest.raises(TokenDamageError, match=files[damaged].name):
         fresh.__getitems__((other * others)[:others] + touched[:1])  # spans of both partitions in one batch
     got = collate(fresh.__getitems__(clean))  # samples that do not touch the damaged block still read exactly

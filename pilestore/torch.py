@@ -189,8 +189,8 @@ class PileDataset(torch.utils.data.Dataset):
     without held-out documents, "val": the eval view of exactly them). subsets/weights make a mixture
     (pilestore.mixture): len(ds) is then the mixture's epoch, and ds[i] maps through it.
 
-    Files open lazily in each process (fork or spawn), so a DataLoader's workers each map their own copy;
-    nothing of the index's size is read at open.
+    Files open lazily in each process (fork, spawn or forkserver), so a DataLoader's workers each map their own
+    copy; nothing of the index's size is read at open.
 
     fields: the fields to return (default all of the above); a trainer that uses only input_ids and labels
     asks for those and each batch is a third smaller to build and to move out of a DataLoader worker.

@@ -1,4 +1,4 @@
-"""PileDataset over a real tokenized store, through real DataLoader workers (fork and spawn)."""
+"""PileDataset over a real tokenized store, through real DataLoader workers (fork, spawn and forkserver)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_items_are_shifted_tensors_with_masks_positions_and_bytes(dataset_store:
     assert int(item["position_ids"][0]) == 0
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_dataloader_workers_return_the_same_batches(dataset_store: pilestore.Store, model: Path, method: str) -> None:
     ds = PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=model)
     sampler = PileSampler(ds, num_replicas=1, rank=0, seed=2)
@@ -204,7 +204,7 @@ def _rings_here() -> set[Path]:
     return set(Path("/dev/shm").glob("pilestore-ring-*")) if Path("/dev/shm").is_dir() else set()
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_worker_batches_come_through_its_ring_exactly_and_leave_nothing_behind(
     dataset_store: pilestore.Store, model: Path, method: str
 ) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .manifest import writer_lock
-from .samples import IndexShape, write_index
+from .manifest import read_sealed, writer_lock
+from .samples import REBUILD, SAMPLES_DIR, IndexShape, write_index
 from .splits import in_split
 from .store import Store
 from .tokens import TokenView
@@ -67,3 +67,20 @@ def build_indexes(
     """The eval and train indexes for these options, written under the store's writer lock."""
     with writer_lock(store.path):
         return [build_index(view, store, shape) for shape in index_shapes(seq_len, context, packing, val_fraction)]
+
+
+def shapes_behind(view: TokenView) -> list[IndexShape]:
+    """The shapes of the view's indexes built before it gained the partitions it has now (SampleIndex refuses
+    them: they would leave the new documents out)."""
+    shapes = []
+    for path in sorted((view.folder / SAMPLES_DIR).glob("*.json")):
+        info = read_sealed(path, REBUILD)
+        if int(info.get("view_partitions", 0)) < view.num_partitions:
+            shapes.append(IndexShape.of(info))
+    return shapes
+
+
+def rebuild_behind(view: TokenView, store: Store) -> list[dict[str, Any]]:
+    """Rebuild every index of the view that is behind it (after tokenize added partitions), under the lock."""
+    with writer_lock(store.path):
+        return [build_index(view, store, shape) for shape in shapes_behind(view)]

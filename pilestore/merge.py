@@ -128,8 +128,5 @@ def _merge_view(name: str, added: list[tuple[Store, int, int]], merged: Store) -
     with writer_lock(merged.path):
         for info_file in sorted((any_source / SAMPLES_DIR).glob("*.json")):
             info = read_sealed(info_file, "rebuild the source's index with `pilestore index`")
-            shape = IndexShape(
-                info["kind"], info["seq_len"], info["context"], info["packing"], info["split"], info["val_fraction"]
-            )
-            rebuilt.append(build_index(view, merged, shape)["name"])
+            rebuilt.append(build_index(view, merged, IndexShape.of(info))["name"])
     return {"view": name, "tokens": result["tokens"], "indexes": rebuilt}

@@ -42,7 +42,7 @@ from .index import arrow_table, map_columns
 from .manifest import read_sealed, write_sealed
 from .shards import file_sha256
 from .splits import split_suffix
-from .tokens import TokenView
+from .tokens import TokenView, ViewBehindError
 
 _ARANGE = np.arange(1 << 16, dtype=np.int64)
 # assemble.py's kernels read these two layouts as word positions frozen into their cached machine code: edit
@@ -246,6 +246,22 @@ class IndexShape:
     def name(self) -> str:
         return index_name(self.kind, self.seq_len, self.context, self.packing, self.split, self.val_fraction)
 
+    @classmethod
+    def of(cls, info: Mapping[str, Any]) -> IndexShape:
+        """The shape of a built index, from its .json."""
+        return cls(
+            info["kind"], info["seq_len"], info["context"], info["packing"], info.get("split", "all"),
+            info.get("val_fraction"),
+        )  # fmt: skip
+
+    def command(self, store: Path, tokenizer: Path) -> str:
+        """The `pilestore index` command that builds this index (and its eval or train twin)."""
+        words = ["pilestore index", f"--store {store}", f"--tokenizer {tokenizer}"]
+        words += [f"--seq-len {self.seq_len}", f"--context {self.context}"]
+        words += [f"--packing {self.packing}"] if self.packing else []
+        words += [f"--val-fraction {self.val_fraction}"] if self.val_fraction is not None else []
+        return " ".join(words)
+
 
 def write_index(
     view: TokenView, shape: IndexShape, spans: Any, doc_subset: np.ndarray, subsets: list[str]
@@ -374,6 +390,44 @@ def find_index(
     return names[0]
 
 
+def describe_views(store_path: Path, store_partitions: int) -> list[dict[str, Any]]:
+    """Each tokenized view of a store (`pilestore info`): its tokenizer, the partitions it holds of the store's,
+    tokens, and its sample indexes, each with whether it holds every partition of the view. A view or index
+    whose description cannot be read is listed with the error instead."""
+    from .tokens import TOKENS_DIR, VIEW_FILE
+
+    views = []
+    for view_file in sorted((store_path / TOKENS_DIR).glob(f"*/{VIEW_FILE}")):
+        try:
+            meta = read_sealed(view_file, "run `pilestore tokenize` again")
+        except StoreFormatError as err:
+            views.append({"view": view_file.parent.name, "error": str(err)})
+            continue
+        parts = len(meta["partitions"])
+        indexes = []
+        for info_file in sorted((view_file.parent / SAMPLES_DIR).glob("*.json")):
+            try:
+                info = read_sealed(info_file, REBUILD)
+            except StoreFormatError as err:
+                indexes.append({"name": info_file.stem, "error": str(err)})
+                continue
+            built_for = int(info.get("view_partitions", 0))
+            indexes.append({"name": info["name"], "samples": info["samples"], "up_to_date": built_for == parts})
+        views.append(
+            {
+                "view": view_file.parent.name,
+                "tokenizer": meta["tokenizer"]["file"],
+                "vocab_size": meta["tokenizer"]["vocab_size"],
+                "partitions": parts,
+                "up_to_date": parts == store_partitions,
+                "documents": meta["documents"],
+                "tokens": meta["tokens"],
+                "indexes": indexes,
+            }
+        )
+    return views
+
+
 class _Changing(PilestoreError):
     """An index's files are from different builds: being rebuilt right now, or a rebuild that died."""
 
@@ -413,10 +467,17 @@ class SampleIndex:
                 f"{self._where}: rebuilt since this dataset was created (another build of the index); "
                 "create the dataset again"
             )
-        if self.info.get("view_partitions", 0) > view.num_partitions:  # tokenize added partitions since
+        built_for = int(self.info.get("view_partitions", 0))
+        if built_for > view.num_partitions:  # tokenize added partitions since the view was opened
             self.view = type(view)(view.folder)
-            if self.info["view_partitions"] > self.view.num_partitions:
+            if built_for > self.view.num_partitions:
                 raise PilestoreError(f"{self._where}: built for partitions {view.folder} does not have; {REBUILD}")
+        if built_for < self.view.num_partitions:
+            command = IndexShape.of(self.info).command(view.folder.parent.parent, view.folder / "tokenizer.model")
+            raise ViewBehindError(
+                f"{self._where}: built when the view had {built_for} of the {self.view.num_partitions} partitions it "
+                f"has now; the documents tokenized since would be left out. Rebuild it: `{command}`"
+            )
         self.seq_len = int(self.info["seq_len"])
         self.subset_names: list[str] = list(self.info["subsets"])
         self.subset_samples = np.asarray(self.info["subset_samples"], dtype=np.int64)

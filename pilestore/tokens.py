@@ -49,6 +49,10 @@ class TokensError(PilestoreError):
     """A tokenized view that is missing, incomplete or does not match its store."""
 
 
+class ViewBehindError(TokensError):
+    """A view or sample index made before documents were added: reading it would leave them out unseen."""
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 when every id fits, else uint32 (ids beyond uint32 are refused)."""
     if vocab_size <= 1 << 16:
@@ -436,10 +440,40 @@ def find_view(store: Store, tokenizer_path: Path | None) -> TokenView:
                 f"{store.path}: not tokenized with {tokenizer_path} (its views: {names}); "
                 f"run `pilestore tokenize --tokenizer {tokenizer_path}`"
             )
-        return TokenView(folder)
-    if not views:
+    elif not views:
         raise PilestoreError(f"{store.path}: not tokenized yet; run `pilestore tokenize --tokenizer tok.model`")
-    if len(views) > 1:
+    elif len(views) > 1:
         names = ", ".join(v.name for v in views)
         raise PilestoreError(f"{store.path}: several tokenized views ({names}); pass --tokenizer to choose one")
-    return TokenView(views[0])
+    else:
+        folder = views[0]
+    view = TokenView(folder)
+    check_covers(view, store)
+    return view
+
+
+def check_covers(view: TokenView, store: Store) -> None:
+    """Refuse a view that does not hold the store's partitions as they are: one tokenized before sources were
+    added (ViewBehindError: training on it would leave their documents out without a word), or one whose
+    partitions hold other numbers of documents than the store's (made for another store). A view may have
+    more partitions than `store`: sources added and tokenized since this Store was opened."""
+    listed = store.manifest["partitions"]
+    for entry in view.meta["partitions"][: len(listed)]:
+        p = int(entry["partition"])
+        theirs = int(listed[p]["documents"])
+        if int(entry["documents"]) != theirs:
+            raise TokensError(
+                f"{view.folder}: its partition {p} holds {entry['documents']:,} documents, the store's "
+                f"{theirs:,}: the view was made for another store; delete {view.folder} and run `pilestore tokenize`"
+            )
+    if view.num_partitions < len(listed):
+        added = listed[view.num_partitions :]
+        names = ", ".join(entry["source"]["name"] for entry in added[:3])
+        more = f" and {len(added) - 3} more sources" if len(added) > 3 else ""
+        raise ViewBehindError(
+            f"{view.folder}: tokenized {view.num_partitions} of the store's {len(listed)} partitions; the "
+            f"{sum(int(entry['documents']) for entry in added):,} documents of {names}{more}, added since, "
+            f"would be left out. Tokenize them (the view's sample indexes are rebuilt with them): `pilestore "
+            f"tokenize --store {store.path} --tokenizer {view.folder / 'tokenizer.model'}`, or wait for the "
+            "one that is running"
+        )

@@ -588,3 +588,80 @@ def test_ingest_tokenize_and_index_do_not_import_pandas(small_store: Path, model
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[-2] == "[]"
+
+
+def test_views_and_indexes_behind_their_store_are_refused_until_tokenize_catches_up(
+    tmp_path: Path, sample_path: Path, model: Path
+) -> None:
+    """Sources ingested after a store was tokenized: training on the view (or on an index built before the view
+    grew) would leave their documents out without a word, so both are refused, saying what to run; `pilestore
+    tokenize` then tokenizes them and rebuilds every index of the view, also ones it was not asked for."""
+    from pilestore.ingest import ingest
+    from pilestore.samples import find_index
+    from pilestore.tokens import ViewBehindError, find_view
+
+    from .conftest import read_source_lines
+
+    lines = read_source_lines(sample_path)[:300]
+    for name, chunk in (("a.jsonl", lines[:200]), ("b.jsonl", lines[200:])):
+        (tmp_path / name).write_bytes(b"\n".join(chunk) + b"\n")
+    path = tmp_path / "s.store"
+    ingest([tmp_path / "a.jsonl"], path)
+    runner = CliRunner()
+    shape = ["--seq-len", "64", "--context", "16"]
+    done = runner.invoke(cli, ["tokenize", "--store", str(path), "--tokenizer", str(model), *shape, "--json"])
+    assert done.exit_code == 0, done.output
+    other = ["--seq-len", "32", "--context", "8", "--val-fraction", "0.2"]
+    assert runner.invoke(cli, ["index", "--store", str(path), *other, "--json"]).exit_code == 0
+    ingest([tmp_path / "b.jsonl"], path)
+
+    def views() -> list[tuple[bool, int, list[bool]]]:  # what `pilestore info --json` says of the views
+        shown = runner.invoke(cli, ["info", "--store", str(path), "--json"])
+        assert shown.exit_code == 0, shown.output
+        described = json.loads(shown.output)["views"]
+        return [(v["up_to_date"], v["partitions"], [i["up_to_date"] for i in v["indexes"]]) for v in described]
+
+    assert views() == [(False, 1, [True] * 4)]
+    with pytest.raises(
+        ViewBehindError, match=r"tokenized 1 of the store's 2 partitions; the 100 documents of b\.jsonl"
+    ):
+        find_view(pilestore.open(path), None)
+    shown = runner.invoke(cli, ["sample", "--store", str(path), "--idx", "0", "--view", "train", "--seq-len", "64"])
+    assert shown.exit_code == 1 and "pilestore tokenize --store" in shown.output
+
+    tokenize(pilestore.open(path), model)  # the view catches up; its indexes, built before, are now behind it
+    assert views() == [(True, 2, [False] * 4)]
+    view = find_view(pilestore.open(path), None)
+    with pytest.raises(ViewBehindError, match=r"built when the view had 1 of the 2 partitions.*--seq-len 64"):
+        SampleIndex(view, find_index(view, "train", 64, 16))
+
+    done = runner.invoke(cli, ["tokenize", "--store", str(path), "--tokenizer", str(model), *shape, "--json"])
+    assert done.exit_code == 0, done.output
+    rebuilt = {info["name"] for info in json.loads(done.output)["indexes"]}
+    assert views() == [(True, 2, [True] * 4)]
+    assert rebuilt == {"eval-L64-C16", "train-L64-C16-bestfit", "eval-L32-C8-val0.2", "train-L32-C8-bestfit-train0.2"}
+    store = pilestore.open(path)
+    view = find_view(store, None)
+    for name in rebuilt:  # every index opens and covers documents of both sources
+        index = SampleIndex(view, name)
+        docs = {span["doc"] for i in range(len(index)) for span in index[i].spans}
+        assert max(docs) >= 200 and min(docs) < 200, name
+    full = SampleIndex(view, "eval-L64-C16")
+    assert sum(full[i].n_bytes for i in range(len(full))) == sum(
+        len(d.text.encode("utf-8", "surrogatepass")) for d in store
+    )
+
+
+def test_a_view_made_for_another_store_is_refused(tmp_path: Path, small_store: Path, view: TokenView) -> None:
+    import shutil
+
+    from pilestore.ingest import ingest
+    from pilestore.tokens import TokensError, find_view
+
+    (tmp_path / "c.jsonl").write_text(
+        "\n".join(json.dumps({"text": f"doc {i}", "meta": {"pile_set_name": "Pile-CC"}}) for i in range(7)) + "\n"
+    )
+    ingest([tmp_path / "c.jsonl"], tmp_path / "c.store")
+    shutil.copytree(view.folder, tmp_path / "c.store" / "tokens" / view.folder.name)
+    with pytest.raises(TokensError, match=r"partition 0 holds 600 documents, the store's 7: .*another store"):
+        find_view(pilestore.open(tmp_path / "c.store"), None)

@@ -137,6 +137,7 @@ def _disk_bytes(path: Path) -> int:
 
 def _info(store: Any) -> dict[str, Any]:
     from ..manifest import subset_totals, with_ratios
+    from ..samples import describe_views
 
     per_subset = with_ratios(subset_totals(store.manifest["partitions"]))
     source_bytes = sum(p["source"]["size"] for p in store.manifest["partitions"])
@@ -164,6 +165,7 @@ def _info(store: Any) -> dict[str, Any]:
             }
             for p in store.manifest["partitions"]
         ],
+        "views": describe_views(store.path, store.num_partitions),
         "created": store.manifest["created"],
         "updated": store.manifest["updated"],
     }
@@ -173,7 +175,10 @@ def _info(store: Any) -> dict[str, Any]:
 @store_option
 @json_option
 def info(store_dir: Path, json_output: bool) -> None:
-    """Show documents, sizes and compression ratios per subset and per source.
+    """Show documents, sizes and compression ratios per subset and per source, and the tokenized views.
+
+    Each view is listed with its sample indexes, and marked where it is behind the store (sources added since
+    it was tokenized) or an index is behind its view, with the command that catches up.
 
     \b
     Example:
@@ -207,6 +212,28 @@ def info(store_dir: Path, json_output: bool) -> None:
             f"{p['skipped_lines']:,}",
         )
     ui.out.print(sources)
+    _print_views(ui, data["views"])
+
+
+def _print_views(ui: Ui, views: list[dict[str, Any]]) -> None:
+    """A line per tokenized view and per sample index; what is behind the store says how to catch up."""
+    from rich.markup import escape
+
+    for view in views:
+        if "error" in view:
+            ui.out.print(f"view {view['view']}: [red]{escape(view['error'])}[/]")
+            continue
+        behind = "" if view["up_to_date"] else " [yellow](behind the store: run `pilestore tokenize`)[/]"
+        ui.out.print(
+            f"view {view['view']} ({view['tokenizer']}, {view['vocab_size']:,} pieces): {view['partitions']} "
+            f"partitions, {view['documents']:,} documents, {view['tokens']:,} tokens{behind}"
+        )
+        for index in view["indexes"]:
+            if "error" in index:
+                ui.out.print(f"  index {index['name']}: [red]{escape(index['error'])}[/]")
+                continue
+            stale = "" if index["up_to_date"] else " [yellow](behind its view: rebuild with `pilestore index`)[/]"
+            ui.out.print(f"  index {index['name']}: {index['samples']:,} samples{stale}")
 
 
 @click.command()

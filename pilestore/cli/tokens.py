@@ -167,7 +167,8 @@ def tokenize(
 ) -> None:
     """Tokenize every document of the store, then build its eval and train sample indexes.
 
-    Resumable: partitions already tokenized with this tokenizer are kept.
+    Resumable: partitions already tokenized with this tokenizer are kept. After sources were added to the
+    store, this tokenizes their documents and rebuilds every sample index of the view with them.
 
     \b
     Example:
@@ -175,7 +176,7 @@ def tokenize(
         pilestore tokenize --store /shared/pile.store --tokenizer tok.model --executor ray --address auto
     """
     from .. import open as open_store
-    from ..indexes import build_indexes
+    from ..indexes import build_indexes, rebuild_behind
     from ..tokens import TokenView, subset_stats
     from ..tokens import tokenize as run_tokenize
 
@@ -188,6 +189,7 @@ def tokenize(
         )
     view = TokenView(Path(result["view"]))
     infos = build_indexes(view, store, seq_len, context, packing, val_fraction)
+    infos += rebuild_behind(view, store)  # the view's other indexes, made before this run added partitions
     subsets = subset_stats(store, view)
     if json_output:
         ui.emit_json({**{k: v for k, v in result.items() if k != "partitions"}, "subsets": subsets, "indexes": infos})

@@ -107,8 +107,9 @@ def merge(sources: Sequence[Path], target: Path) -> dict[str, Any]:
 
 
 def _merge_view(name: str, added: list[tuple[Store, int, int]], merged: Store) -> dict[str, Any]:
-    """Carry one tokenized view's files into the merged store, complete it and rebuild its sample indexes."""
-    from .indexes import build_index
+    """Carry one tokenized view's files into the merged store, complete it and rebuild its sample indexes (the
+    sources' shapes, and the target's own that the new partitions put behind)."""
+    from .indexes import build_index, shapes_behind
     from .samples import SAMPLES_DIR, IndexShape
     from .tokens import TokenView, tokenize
 
@@ -129,4 +130,6 @@ def _merge_view(name: str, added: list[tuple[Store, int, int]], merged: Store) -
         for info_file in sorted((any_source / SAMPLES_DIR).glob("*.json")):
             info = read_sealed(info_file, "rebuild the source's index with `pilestore index`")
             rebuilt.append(build_index(view, merged, IndexShape.of(info))["name"])
+        for shape in shapes_behind(view):  # the target's own indexes of other shapes, built before the merge
+            rebuilt.append(build_index(view, merged, shape)["name"])
     return {"view": name, "tokens": result["tokens"], "indexes": rebuilt}

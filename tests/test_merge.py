@@ -89,3 +89,30 @@ def test_a_damaged_source_file_fails_the_merge_and_leaves_the_target_unchanged(
     assert result.exit_code == 1 and "00000.sqlite: sha256 differs" in result.output, result.output
     assert (target / "manifest.json").read_bytes() == before and len(pilestore.open(target)) == 150
     assert not list((target / ".staging").iterdir())
+
+
+def test_merging_into_a_tokenized_store_rebuilds_its_own_indexes_too(
+    sample_path: Path, model: Path, tmp_path: Path
+) -> None:
+    """The target's view gains the sources' partitions; its indexes of shapes the sources do not have would be
+    behind it (refused), so the merge rebuilds them as well."""
+    lines = read_source_lines(sample_path)[:300]
+    stores = [tmp_path / "a.store", tmp_path / "b.store"]
+    for k, (store, chunk) in enumerate(zip(stores, (lines[:200], lines[200:]), strict=True)):
+        (tmp_path / f"s{k}.jsonl").write_bytes(b"\n".join(chunk) + b"\n")
+        ingest([tmp_path / f"s{k}.jsonl"], store)
+        view = TokenView(Path(tokenize(pilestore.open(store), model)["view"]))
+        build_indexes(view, pilestore.open(store), 64, 16, "bestfit")
+    build_indexes(
+        view := TokenView(stores[0] / "tokens" / view.folder.name), pilestore.open(stores[0]), 32, 8, "greedy"
+    )
+
+    result = CliRunner().invoke(cli, ["merge", str(stores[1]), "--store", str(stores[0]), "--json"])
+    assert result.exit_code == 0, result.output
+    rebuilt = json.loads(result.output)["views"][0]["indexes"]
+    assert sorted(rebuilt) == ["eval-L32-C8", "eval-L64-C16", "train-L32-C8-greedy", "train-L64-C16-bestfit"]
+    view = TokenView(view.folder)
+    for name in rebuilt:  # each opens (none is behind) and holds documents of both sources
+        index = SampleIndex(view, name)
+        docs = {span["doc"] for i in range(len(index)) for span in index[i].spans}
+        assert min(docs) < 200 <= max(docs), name

@@ -329,6 +329,11 @@ class TokenView:
         self._long: dict[int, np.ndarray] = {}  # read only when byte counts are needed (index builds), not by readers
         self._inputs_checked = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (into spawned or forkserver DataLoader workers) without the maps this process opened: the
+        other process maps the files itself, on first use."""
+        return {**self.__dict__, "_parts": {}, "_long": {}}
+
     @property
     def num_partitions(self) -> int:
         return len(self.meta["partitions"])

@@ -47,6 +47,8 @@ def test_items_are_shifted_tensors_with_masks_positions_and_bytes(dataset_store:
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_dataloader_workers_return_the_same_batches(dataset_store: pilestore.Store, model: Path, method: str) -> None:
     ds = PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=model)
+    first = collate(ds.__getitems__([0, 1]))  # read here first: spawn and forkserver then pickle a dataset whose
+    assert ds.index.view._parts  # view has maps open, which must not travel (nor fail to pickle)
     sampler = PileSampler(ds, num_replicas=1, rank=0, seed=2)
     loader = DataLoader(
         ds,
@@ -68,6 +70,7 @@ def test_dataloader_workers_return_the_same_batches(dataset_store: pilestore.Sto
         total_targets += int((batch["labels"] != IGNORE).sum())
         count += 1
     assert count == -(-len(order) // 4) and total_targets > 0
+    assert torch.equal(collate(ds.__getitems__([0, 1]))["input_ids"], first["input_ids"])
 
 
 @pytest.mark.parametrize("workers", [0, 1])

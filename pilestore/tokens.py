@@ -149,9 +149,10 @@ def _write_partition(
 
     stem = folder / f"p{p:05d}"
     tmp = {ext: stem.with_suffix(f".{ext}.tmp") for ext in FILES}
-    starts: list[int] = []
-    counts_list: list[int] = []
-    sizes: list[int] = []
+    starts: list[np.ndarray] = []  # per flushed batch: 8 bytes a document (a Pile shard has ~7M of them)
+    counts_list: list[np.ndarray] = []
+    sizes: list[np.ndarray] = []
+    batch_sizes: list[int] = []
     position = 0
     hashes = {ext: hashlib.sha256() for ext in ("tokens", "lens", "long")}  # of what is written, as it is written
     quick = {ext: xxhash.xxh3_128() for ext in ("lens", "long")}  # checked before every index build reads them
@@ -171,15 +172,17 @@ def _write_partition(
                 hashes[ext].update(raw)
                 if ext in quick:
                     quick[ext].update(raw)
-            starts.extend((position + np.concatenate(([0], np.cumsum(counts)[:-1]))).tolist())
-            counts_list.extend(counts.tolist())
+            starts.append(position + np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64))
+            counts_list.append(np.asarray(counts, np.int64))
+            sizes.append(np.asarray(batch_sizes, np.int64))
             position += len(ids)
             on_docs(len(batch))
             batch.clear()
+            batch_sizes.clear()
 
         for document in store.iter_partition(p):
             batch.append(document.text)
-            sizes.append(len(document.text.encode("utf-8", "surrogatepass")))
+            batch_sizes.append(len(document.text.encode("utf-8", "surrogatepass")))
             if len(batch) >= BATCH_DOCS:
                 flush()
         if batch:
@@ -187,12 +190,9 @@ def _write_partition(
         for fh in outs.values():
             fh.flush()
             os.fsync(fh.fileno())
+    columns = {"start": starts, "n_tokens": counts_list, "n_bytes": sizes}
     table = arrow_table(
-        {
-            "start": np.asarray(starts, np.int64),
-            "n_tokens": np.asarray(counts_list, np.int64),
-            "n_bytes": np.asarray(sizes, np.int64),
-        }
+        {key: np.concatenate(chunks) if chunks else np.zeros(0, np.int64) for key, chunks in columns.items()}
     )
     with open(tmp["arrow"], "wb") as fh:
         with pa.ipc.new_file(fh, table.schema) as writer:
@@ -209,9 +209,9 @@ def _write_partition(
     for ext, path in tmp.items():
         os.replace(path, stem.with_suffix(f".{ext}"))
     done = {
-        "documents": len(counts_list),
+        "documents": len(table),
         "tokens": position,
-        "bytes": int(sum(sizes)),
+        "bytes": int(sum(int(chunk.sum()) for chunk in sizes)),
         "sha256": sha256,
         "xxh3": xxh3,
     }

@@ -562,6 +562,30 @@ def test_record_checks_of_a_chunk_of_samples_equal_those_of_all() -> None:
     whole = record_checks(samples, spans)
     first = int(samples["span_begin"][2])
     assert np.array_equal(record_checks(samples[2:], spans[first:], first_span=first), whole[2:])
+    for rows in (1, 2, 3):  # worked out a few samples at a time, each chunk with its spans: the same checks
+        assert np.array_equal(record_checks(samples, spans, rows=rows), whole)
+        assert np.array_equal(record_checks(samples[2:], spans[first:], first_span=first, rows=rows), whole[2:])
+
+
+def test_record_checks_in_chunks_keep_samples_without_spans() -> None:
+    """Samples with no spans (anywhere in a chunk, or a whole chunk of them) take only their own record: the
+    checks worked out in chunks of any size are those the reader's per-sample check (_record_ok) accepts."""
+    from pilestore.samples import _SAMPLE_WORDS, _SPAN_WORDS, SAMPLE_RECORD, SPAN_RECORD, _record_ok, record_checks
+
+    rng = np.random.default_rng(7)
+    counts = [0, 2, 0, 0, 1, 3, 0, 1, 0]
+    spans = np.zeros(sum(counts), SPAN_RECORD)
+    spans["doc"], spans["n_bytes"] = rng.integers(0, 1000, len(spans)), rng.integers(1, 10**6, len(spans))
+    samples = np.zeros(len(counts), SAMPLE_RECORD)
+    samples["span_begin"] = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    samples["n_spans"], samples["n_tokens"] = counts, rng.integers(1, 65, len(counts))
+    heads = samples.view(np.uint64).reshape(len(samples), -1)[:, :_SAMPLE_WORDS]
+    words = spans.view(np.uint64).reshape(-1)
+    for rows in (1, 2, 3, 4, 1 << 16):
+        checks = record_checks(samples, spans, rows=rows)
+        for k, (begin, count) in enumerate(zip(samples["span_begin"].tolist(), counts, strict=True)):
+            span_words = words[begin * _SPAN_WORDS : (begin + count) * _SPAN_WORDS]
+            assert _record_ok(int(checks[k]), heads[k], span_words, count), (rows, k)
 
 
 def test_ingest_tokenize_and_index_do_not_import_pandas(small_store: Path, model: Path, tmp_path: Path) -> None:

@@ -689,3 +689,46 @@ def test_a_view_made_for_another_store_is_refused(tmp_path: Path, small_store: P
     shutil.copytree(view.folder, tmp_path / "c.store" / "tokens" / view.folder.name)
     with pytest.raises(TokensError, match=r"partition 0 holds 600 documents, the store's 7: .*another store"):
         find_view(pilestore.open(tmp_path / "c.store"), None)
+
+
+def test_info_lists_a_damaged_view_or_index_with_its_error(tmp_path: Path, model: Path) -> None:
+    from pilestore.ingest import ingest
+
+    (tmp_path / "d.jsonl").write_text(
+        "\n".join(json.dumps({"text": f"document {i} " * 30, "meta": {"pile_set_name": "Pile-CC"}}) for i in range(40))
+    )
+    ingest([tmp_path / "d.jsonl"], tmp_path / "d.store")
+    runner = CliRunner()
+    args = [
+        "tokenize",
+        "--store",
+        str(tmp_path / "d.store"),
+        "--tokenizer",
+        str(model),
+        "--seq-len",
+        "64",
+        "--context",
+        "16",
+    ]
+    assert runner.invoke(cli, args).exit_code == 0
+    view = next((tmp_path / "d.store" / "tokens").iterdir())
+    index = view / "samples" / "eval-L64-C16.json"
+    index.write_text(index.read_text().replace('"seq_len": 64', '"seq_len": 65'))
+
+    def described() -> list[dict]:
+        shown = runner.invoke(cli, ["info", "--store", str(tmp_path / "d.store"), "--json"])
+        assert shown.exit_code == 0, shown.output
+        return json.loads(shown.output)["views"]
+
+    [found] = described()
+    assert found["up_to_date"] and found["documents"] == 40
+    assert [(i["name"], "error" in i) for i in found["indexes"]] == [
+        ("eval-L64-C16", True),
+        ("train-L64-C16-bestfit", False),
+    ]
+    assert "eval-L64-C16.json" in found["indexes"][0]["error"] and "seal" in found["indexes"][0]["error"]
+    (view / "view.json").write_text("{ not json")
+    [found] = described()
+    assert set(found) == {"view", "error"} and "view.json" in found["error"]
+    shown = runner.invoke(cli, ["info", "--store", str(tmp_path / "d.store")])
+    assert shown.exit_code == 0 and "view.json" in shown.output

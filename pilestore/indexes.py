@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .manifest import read_sealed, writer_lock
-from .samples import REBUILD, SAMPLES_DIR, IndexShape, write_index
+from .samples import REBUILD, SAMPLES_DIR, IndexShape, built_for, write_index
 from .splits import in_split
 from .store import Store
 from .tokens import TokenView
@@ -75,7 +75,7 @@ def shapes_behind(view: TokenView) -> list[IndexShape]:
     shapes = []
     for path in sorted((view.folder / SAMPLES_DIR).glob("*.json")):
         info = read_sealed(path, REBUILD)
-        if int(info.get("view_partitions", 0)) < view.num_partitions:
+        if built_for(info) < view.num_partitions:
             shapes.append(IndexShape.of(info))
     return shapes
 

@@ -45,7 +45,6 @@ class Pool:
     def __init__(self, keep: int = 8) -> None:
         self.keep = keep
         self._free: OrderedDict[int, list[np.ndarray]] = OrderedDict()  # size class -> free blocks, oldest first
-        self._count = 0
         self._lock = threading.RLock()  # re-entered if a weakref callback runs inside take() (cyclic GC)
         self._lent: dict[int, tuple[weakref.ref, np.ndarray]] = {}  # id of a weak ref to an array out -> it, block
         self.reused = 0  # blocks handed out again (for tests and benchmarks)
@@ -69,14 +68,14 @@ class Pool:
 
     def free_blocks(self) -> int:
         """Blocks held for reuse now."""
-        return self._count
+        with self._lock:
+            return sum(map(len, self._free.values()))
 
     def _reuse(self, size: int) -> np.ndarray | None:
         with self._lock:
             blocks = self._free.get(size)
             if not blocks:
                 return None
-            self._count -= 1
             block = blocks.pop()
             if not blocks:
                 del self._free[size]
@@ -90,11 +89,9 @@ class Pool:
         with self._lock:
             self._free.setdefault(block.nbytes, []).append(block)
             self._free.move_to_end(block.nbytes)
-            self._count += 1
-            while self._count > self.keep:  # drop the oldest: the least recently returned size class
+            while self.free_blocks() > self.keep:  # drop the oldest: the least recently returned size class
                 size, blocks = next(iter(self._free.items()))
                 blocks.pop(0)
-                self._count -= 1
                 if not blocks:
                     del self._free[size]
 

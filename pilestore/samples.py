@@ -413,6 +413,12 @@ def find_index(
     return names[0]
 
 
+def built_for(info: Mapping[str, Any]) -> int:
+    """How many partitions its view had when an index was built (an index built for fewer than the view has now
+    is behind it: SampleIndex refuses it, tokenize rebuilds it)."""
+    return int(info.get("view_partitions", 0))
+
+
 def describe_views(store_path: Path, store_partitions: int) -> list[dict[str, Any]]:
     """Each tokenized view of a store (`pilestore info`): its tokenizer, the partitions it holds of the store's,
     tokens, and its sample indexes, each with whether it holds every partition of the view. A view or index
@@ -422,29 +428,29 @@ def describe_views(store_path: Path, store_partitions: int) -> list[dict[str, An
     views = []
     for view_file in sorted((store_path / TOKENS_DIR).glob(f"*/{VIEW_FILE}")):
         try:
-            meta = read_sealed(view_file, "run `pilestore tokenize` again")
-        except StoreFormatError as err:
+            view = TokenView(view_file.parent)
+        except PilestoreError as err:
             views.append({"view": view_file.parent.name, "error": str(err)})
             continue
-        parts = len(meta["partitions"])
         indexes = []
-        for info_file in sorted((view_file.parent / SAMPLES_DIR).glob("*.json")):
+        for info_file in sorted((view.folder / SAMPLES_DIR).glob("*.json")):
             try:
                 info = read_sealed(info_file, REBUILD)
             except StoreFormatError as err:
                 indexes.append({"name": info_file.stem, "error": str(err)})
                 continue
-            built_for = int(info.get("view_partitions", 0))
-            indexes.append({"name": info["name"], "samples": info["samples"], "up_to_date": built_for == parts})
+            up_to_date = built_for(info) == view.num_partitions
+            indexes.append({"name": info["name"], "samples": info["samples"], "up_to_date": up_to_date})
+        tokenizer = view.meta["tokenizer"]
         views.append(
             {
-                "view": view_file.parent.name,
-                "tokenizer": meta["tokenizer"]["file"],
-                "vocab_size": meta["tokenizer"]["vocab_size"],
-                "partitions": parts,
-                "up_to_date": parts == store_partitions,
-                "documents": meta["documents"],
-                "tokens": meta["tokens"],
+                "view": view.folder.name,
+                "tokenizer": tokenizer["file"],
+                "vocab_size": tokenizer["vocab_size"],
+                "partitions": view.num_partitions,
+                "up_to_date": view.num_partitions == store_partitions,
+                "documents": view.meta["documents"],
+                "tokens": view.meta["tokens"],
                 "indexes": indexes,
             }
         )
@@ -490,16 +496,16 @@ class SampleIndex:
                 f"{self._where}: rebuilt since this dataset was created (another build of the index); "
                 "create the dataset again"
             )
-        built_for = int(self.info.get("view_partitions", 0))
-        if built_for > view.num_partitions:  # tokenize added partitions since the view was opened
+        partitions = built_for(self.info)
+        if partitions > view.num_partitions:  # tokenize added partitions since the view was opened
             self.view = type(view)(view.folder)
-            if built_for > self.view.num_partitions:
+            if partitions > self.view.num_partitions:
                 raise PilestoreError(f"{self._where}: built for partitions {view.folder} does not have; {REBUILD}")
-        if built_for < self.view.num_partitions:
+        if partitions < self.view.num_partitions:
             command = IndexShape.of(self.info).command(view.folder.parent.parent, view.folder / "tokenizer.model")
             raise ViewBehindError(
-                f"{self._where}: built when the view had {built_for} of the {self.view.num_partitions} partitions it "
-                f"has now; the documents tokenized since would be left out. Rebuild it: `{command}`"
+                f"{self._where}: built when the view had {partitions} of the {self.view.num_partitions} partitions "
+                f"it has now; the documents tokenized since would be left out. Rebuild it: `{command}`"
             )
         self.seq_len = int(self.info["seq_len"])
         self.subset_names: list[str] = list(self.info["subsets"])

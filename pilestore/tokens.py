@@ -31,6 +31,7 @@ from xxhash import xxh3_64_intdigest as _xxh3_64
 
 from . import token_bytes
 from .cluster import check_executor, run_tasks
+from .document import encode_text
 from .errors import PilestoreError
 from .manifest import now, read_sealed, write_sealed, writer_lock
 from .shards import file_sha256
@@ -149,10 +150,8 @@ def _write_partition(
 
     stem = folder / f"p{p:05d}"
     tmp = {ext: stem.with_suffix(f".{ext}.tmp") for ext in FILES}
-    starts: list[np.ndarray] = []  # per flushed batch: 8 bytes a document (a Pile shard has ~7M of them)
-    counts_list: list[np.ndarray] = []
-    sizes: list[np.ndarray] = []
-    batch_sizes: list[int] = []
+    # per flushed batch, each document's first token, tokens and UTF-8 bytes: 8 bytes a number, not a Python int
+    columns: dict[str, list[np.ndarray]] = {"start": [], "n_tokens": [], "n_bytes": []}
     position = 0
     hashes = {ext: hashlib.sha256() for ext in ("tokens", "lens", "long")}  # of what is written, as it is written
     quick = {ext: xxhash.xxh3_128() for ext in ("lens", "long")}  # checked before every index build reads them
@@ -172,17 +171,15 @@ def _write_partition(
                 hashes[ext].update(raw)
                 if ext in quick:
                     quick[ext].update(raw)
-            starts.append(position + np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64))
-            counts_list.append(np.asarray(counts, np.int64))
-            sizes.append(np.asarray(batch_sizes, np.int64))
+            columns["start"].append(position + np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64))
+            columns["n_tokens"].append(np.asarray(counts, np.int64))
+            columns["n_bytes"].append(np.array([len(encode_text(text)) for text in batch], np.int64))
             position += len(ids)
             on_docs(len(batch))
             batch.clear()
-            batch_sizes.clear()
 
         for document in store.iter_partition(p):
             batch.append(document.text)
-            batch_sizes.append(len(document.text.encode("utf-8", "surrogatepass")))
             if len(batch) >= BATCH_DOCS:
                 flush()
         if batch:
@@ -190,10 +187,7 @@ def _write_partition(
         for fh in outs.values():
             fh.flush()
             os.fsync(fh.fileno())
-    columns = {"start": starts, "n_tokens": counts_list, "n_bytes": sizes}
-    table = arrow_table(
-        {key: np.concatenate(chunks) if chunks else np.zeros(0, np.int64) for key, chunks in columns.items()}
-    )
+    table = arrow_table({key: np.concatenate(chunks or [np.zeros(0, np.int64)]) for key, chunks in columns.items()})
     with open(tmp["arrow"], "wb") as fh:
         with pa.ipc.new_file(fh, table.schema) as writer:
             writer.write_table(table)
@@ -211,7 +205,7 @@ def _write_partition(
     done = {
         "documents": len(table),
         "tokens": position,
-        "bytes": int(sum(int(chunk.sum()) for chunk in sizes)),
+        "bytes": int(table["n_bytes"].to_numpy().sum()),
         "sha256": sha256,
         "xxh3": xxh3,
     }

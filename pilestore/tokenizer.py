@@ -12,6 +12,7 @@ exact and a document's tokens cover all its UTF-8 bytes (for bits per byte). A t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
@@ -161,7 +162,6 @@ class Tokenizer:
         if self._sp.id_to_piece(eod) != EOD_PIECE:
             raise TokenizerError(f"{path}: has no {EOD_PIECE} control symbol; train with control_symbols=[{EOD_PIECE}]")
         self.eod_id = eod
-        self.chunk_chars = CHUNK_CHARS if self._cuts_safely() else 0
 
     def _load_hf(self, data: bytes) -> None:
         try:
@@ -206,6 +206,12 @@ class Tokenizer:
         count_array = np.asarray(counts, dtype=np.int64)
         fix_ends(flat_ends, count_array, np.asarray(sizes, dtype=np.int64))
         return (np.concatenate(ids) if ids else np.zeros(0, np.int64)), flat_ends, count_array
+
+    @functools.cached_property
+    def chunk_chars(self) -> int:
+        """Texts longer than this are cut at whitespace before encoding (0: never). Worked out at the first
+        encode, not at load: reading samples (`pilestore sample --view`) decodes only and imports no numba."""
+        return CHUNK_CHARS if self._cuts_safely() else 0
 
     def _cuts_safely(self) -> bool:
         """Whether this model tokenizes text cut at whitespace as it does the whole (true unless it was trained

@@ -614,6 +614,36 @@ def test_ingest_tokenize_and_index_do_not_import_pandas(small_store: Path, model
     assert done.stdout.split("\n")[-2] == "[]"
 
 
+def test_sample_of_a_view_or_a_step_imports_neither_torch_nor_numba(view: TokenView, small_store: Path) -> None:
+    """`pilestore sample --view/--step` reads samples and decodes their tokens: no torch, and no numba (the
+    tokenizer's probe for cutting long texts, which encodes with numba's help, waits for the first encode)."""
+    import subprocess
+    import sys
+
+    from pilestore.indexes import build_indexes
+
+    build_indexes(view, pilestore.open(small_store), 96, 24, "bestfit")
+    shape = ["--store", str(small_store), "--tokenizer", str(view.folder / "tokenizer.model")]
+    shape += ["--seq-len", "96", "--context", "24"]
+    cases = (  # (arguments, what the output begins with): text output decodes the sample with the tokenizer
+        (["--idx", "3", "--view", "train"], "# sample 3 of "),
+        (["--idx", "-1", "--view", "eval", "--json"], "{"),
+        (["--step", "2", "--global-batch", "4", "--json"], "{"),
+        (["--step", "2", "--global-batch", "4"], ""),
+    )
+    for args, begins in cases:
+        code = (
+            "import json, sys\nfrom pilestore.cli import main\n"
+            f"sys.argv = ['pilestore', 'sample', *{args + shape!r}]\n"
+            "try:\n    main()\nexcept SystemExit as end:\n    assert not end.code, end.code\n"
+            "print('\\nLOADED', json.dumps(sorted(m for m in ('torch', 'numba') if m in sys.modules)))\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (args, done.stderr)
+        shown, loaded = done.stdout.rsplit("\nLOADED ", 1)
+        assert shown.strip() and shown.startswith(begins) and json.loads(loaded) == [], (args, shown[:200], loaded)
+
+
 def test_views_and_indexes_behind_their_store_are_refused_until_tokenize_catches_up(
     tmp_path: Path, sample_path: Path, model: Path
 ) -> None:

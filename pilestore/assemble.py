@@ -20,6 +20,7 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
+from .jit import kernel
 from .samples import _SAMPLE_WORDS, FIELDS, FIXED, IGNORE, RAGGED, SAMPLE_RECORD, SCALARS, SPAN_RECORD
 from .tokens import BLOCK
 
@@ -48,7 +49,7 @@ _CONTEXT, _TARGET = _word(SPAN_RECORD, "context", 4), _word(SPAN_RECORD, "target
 _SUBSET, _EOD = _word(SPAN_RECORD, "subset", 2), _word(SPAN_RECORD, "eod", 1)
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def plan(
     ids: np.ndarray,
     sample_i64: np.ndarray,
@@ -110,7 +111,7 @@ def plan(
     return OK, 0, total, padded, blocks
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def fill(
     ids: np.ndarray,
     sample_i64: np.ndarray,
@@ -215,7 +216,7 @@ def fill(
     return keys[:unique]
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@kernel(nogil=True, inline="always")
 def _rows(buffer: np.ndarray, at: int, b: int, width: int) -> np.ndarray:
     """A (b, width) field of the buffer from `at` on; empty where at < 0 (not built)."""
     if at < 0:
@@ -223,13 +224,13 @@ def _rows(buffer: np.ndarray, at: int, b: int, width: int) -> np.ndarray:
     return buffer[at : at + b * width].reshape((b, width))
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@kernel(nogil=True, inline="always")
 def _tail(buffer: np.ndarray, at: int) -> np.ndarray:
     """A one-dimensional field of the buffer from `at` on (written no further than its length); empty where at < 0."""
     return buffer[:0] if at < 0 else buffer[at:]
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@kernel(nogil=True, inline="always")
 def _offsets(
     wanted: np.ndarray,
     r: int,

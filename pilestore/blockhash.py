@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 from .assemble import BLOCK_MASK, PART_SHIFT, _pointer
+from .jit import kernel
 from .tokens import BLOCK
 
 _PROBE_LENGTHS = (0, 1, 3, 4, 8, 9, 16, 17, 128, 129, 240, 241, 1024, 1025, BLOCK - 1, BLOCK, 3 * BLOCK + 5)
@@ -48,7 +49,7 @@ def function() -> Any | None:
     return fn
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def first_mismatch(
     fn: Any,
     keys: np.ndarray,

@@ -7,11 +7,12 @@ where the piece ends in the original UTF-8 text. Only those two fields are read;
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
+from .jit import kernel
 
-@numba.njit(cache=True, nogil=True)
+
+@kernel(nogil=True)
 def _varint(buf, i):  # pragma: no cover - compiled
     value = 0
     shift = 0
@@ -24,7 +25,7 @@ def _varint(buf, i):  # pragma: no cover - compiled
             return value, i
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _skip(buf, i, wire):  # pragma: no cover - compiled
     if wire == 0:
         return _varint(buf, i)[1]
@@ -36,7 +37,7 @@ def _skip(buf, i, wire):  # pragma: no cover - compiled
     return i + 4  # wire type 5
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def parse_protos(buf, offsets, ids, ends, counts):  # pragma: no cover - compiled
     """Fill ids/ends (capacity >= pieces) and counts[doc]; returns the number of pieces."""
     k = 0
@@ -71,7 +72,7 @@ def parse_protos(buf, offsets, ids, ends, counts):  # pragma: no cover - compile
     return k
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def fix_ends(ends, counts, n_bytes):  # pragma: no cover - compiled
     """Per text: ends never go back, and the last token ends at the text's last byte (n_bytes[doc] < 0: leave
     it, for a chunk whose trailing whitespace belongs to the next chunk's first token)."""

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from .jit import kernel
+
 PACKINGS = ("bestfit", "greedy")
 PARALLEL_DOCS = 1 << 18  # from this many documents (pieces) on, windows (sorting) use all of numba's threads
 _POOL = threading.Lock()  # numba's default thread pool (workqueue) must not be entered by two threads at once
@@ -70,7 +72,7 @@ def _check(n_tokens: np.ndarray, seq_len: int, context: int) -> np.ndarray:
     return lengths
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _count_windows(lengths, seq_len, context):  # pragma: no cover - compiled
     pred = seq_len - context + 1
     total = 0
@@ -80,7 +82,7 @@ def _count_windows(lengths, seq_len, context):  # pragma: no cover - compiled
     return total
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _windows_range(
     lengths, first_doc, end_doc, k, seq_len, context, tails_keep_context, doc, eod, start, ctx, tgt
 ):  # pragma: no cover
@@ -105,7 +107,7 @@ def _windows_range(
     return k
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@kernel(nogil=True, parallel=True)
 def _count_chunks(lengths, seq_len, context, bounds):  # pragma: no cover - compiled
     """Windows of the documents bounds[c]..bounds[c + 1] - 1, for each chunk c, chunks on numba's threads."""
     counts = np.zeros(len(bounds) - 1, np.int64)
@@ -114,7 +116,7 @@ def _count_chunks(lengths, seq_len, context, bounds):  # pragma: no cover - comp
     return counts
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@kernel(nogil=True, parallel=True)
 def _windows_chunks(lengths, seq_len, context, tails, bounds, offsets, doc, eod, start, ctx, tgt):  # pragma: no cover
     """_windows_range for each chunk of documents (bounds), its spans from offsets[c] on, on numba's threads."""
     for c in numba.prange(len(bounds) - 1):
@@ -227,7 +229,7 @@ _DEBRUIJN = np.array(
 )  # index of the lowest set bit of x: _DEBRUIJN[((x & -x) * 0x03F79D71B4CB0A89) >> 58]
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _first_at_least(bits, s):  # pragma: no cover - compiled
     """Smallest c >= s whose bit is set in the bitset `bits` (uint64 words), or -1."""
     w = s >> 6
@@ -241,7 +243,7 @@ def _first_at_least(bits, s):  # pragma: no cover - compiled
     return (w << 6) + _DEBRUIJN[(low * np.uint64(0x03F79D71B4CB0A89)) >> np.uint64(58)]
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _best_fit(count, capacity, next_bin, bin_of):  # pragma: no cover - compiled
     """Bin of each piece, taken largest first (count[v] pieces of size capacity - v, v = 1, 2, ..., as
     _largest_first sorted them: reading sizes as runs needs no array of them), each placed into the open bin
@@ -277,7 +279,7 @@ def _best_fit(count, capacity, next_bin, bin_of):  # pragma: no cover - compiled
     return n_bins
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _next_fit(sizes, capacity):  # pragma: no cover - compiled
     bin_of = np.empty(len(sizes), np.int64)
     b = -1
@@ -291,7 +293,7 @@ def _next_fit(sizes, capacity):  # pragma: no cover - compiled
     return bin_of, b + 1
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@kernel(nogil=True, parallel=True)
 def _size_counts(eod, context, target, capacity, bounds):  # pragma: no cover - compiled
     """counts[c, capacity - size]: how many pieces of each size chunk c (pieces bounds[c]..bounds[c + 1] - 1)
     holds; [c, 0]: its full windows. Chunks on numba's threads."""
@@ -302,7 +304,7 @@ def _size_counts(eod, context, target, capacity, bounds):  # pragma: no cover - 
     return counts
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@kernel(nogil=True, parallel=True)
 def _largest_first(eod, context, target, capacity, bounds, counts, by_sample, order):  # pragma: no cover
     """by_sample[:n_full]: the pieces that fill a sample alone (full windows, one sample each), in document
     order; `order`: the others, stable-sorted by size, largest first (a counting sort: sizes are 1..capacity;
@@ -330,7 +332,7 @@ def _largest_first(eod, context, target, capacity, bounds, counts, by_sample, or
             at[c, v] += 1
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _group_by_bin(order, bin_of, by_sample, begin):  # pragma: no cover - compiled
     """Completes by_sample and begin: after the n_full full windows (one sample each, by_sample[:n_full]
     already set), the other pieces grouped by bin, in placement order within a bin (piece k of the placement

@@ -15,7 +15,8 @@ from .store import Store
 DocCallback = Callable[[int], None]
 
 
-def _write_lines(store: Store, sink: BinaryIO, on_document: DocCallback) -> int:
+def write_lines(store: Store, sink: BinaryIO, on_document: DocCallback) -> int:
+    """Every document of `store` as one JSON line to `sink`, in store order; returns the count."""
     count = 0
     for doc in store:
         sink.write(dump_json(doc.to_record()) + b"\n")
@@ -32,9 +33,9 @@ def export(store: Store, out: Path, *, level: int = 3, on_document: DocCallback 
             if out.name.endswith(".zst"):
                 cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
                 with cctx.stream_writer(raw, closefd=False) as sink:
-                    count = _write_lines(store, sink, on_document)
+                    count = write_lines(store, sink, on_document)
             else:
-                count = _write_lines(store, raw, on_document)
+                count = write_lines(store, raw, on_document)
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, out)

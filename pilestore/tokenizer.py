@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -124,7 +125,12 @@ def train_tokenizer(store: Any, out: Path, settings: TrainSettings) -> dict[str,
                 "--option character_coverage=0.9995."
             )
         raise TokenizerError(f"sentencepiece training failed: {err}.{hint}") from err
-    out.write_bytes(model.getvalue())
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:  # a model file is whole or absent: an interrupted run leaves the one before it
+        tmp.write_bytes(model.getvalue())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return {
         "model": str(out),
         "sha256": hashlib.sha256(model.getvalue()).hexdigest(),

@@ -113,6 +113,34 @@ def test_verify_and_export_commands(sample_store_dir: Path, tmp_path: Path, samp
     assert [json.loads(line) for line in out.read_bytes().split(b"\n")[:-1]] == sample_records
 
 
+def test_export_to_stdout(sample_store_dir: Path, sample_records: list[dict]) -> None:
+    result = run("export", "--store", str(sample_store_dir), "--out", "-")
+    assert result.returncode == 0 and "wrote 5,993 documents to stdout" in result.stderr
+    assert [json.loads(line) for line in result.stdout.split("\n")[:-1]] == sample_records
+    both = CliRunner().invoke(cli, ["export", "--store", str(sample_store_dir), "--out", "-", "--json"])
+    assert both.exit_code == 2 and "--json prints to stdout" in both.output
+    model = CliRunner().invoke(cli, ["train-tokenizer", "--store", str(sample_store_dir), "--out", "-"])
+    assert model.exit_code == 2 and "writes a file, not stdout" in model.output  # only export writes to stdout
+    assert not Path("-").exists()
+
+
+@pytest.mark.parametrize("args", [["export", "--out", "-"], ["sample", "--idx", "-1"]])
+def test_a_reader_that_stops_early_ends_the_command_quietly(sample_store_dir: Path, args: list[str]) -> None:
+    """`pilestore export --out - | head`, `pilestore sample --idx N | less` (quit early): no error printed."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "pilestore", *args, "--store", str(sample_store_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert len(process.stdout.read(100)) == 100
+        process.stdout.close()
+        errors = process.stderr.read().decode()
+        status = process.wait(timeout=120)
+    assert status in (0, 1), status  # 0 where the write cut short returned the bytes it got out, without an error
+    assert "Error" not in errors and "Traceback" not in errors and "Broken pipe" not in errors, errors
+
+
 def test_an_empty_source_makes_an_empty_partition(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
@@ -152,6 +180,27 @@ def test_outputs_into_a_missing_folder_fail_before_any_work(sample_store_dir: Pa
         ],
     )
     assert train.exit_code == 2 and "does not exist" in train.output
+
+
+def test_an_existing_output_is_replaced_only_with_force(sample_store_dir: Path, tmp_path: Path) -> None:
+    """export and train-tokenizer refuse to overwrite a file before doing any work; --force replaces it once the
+    new file is complete."""
+    from pilestore.tokenizer import Tokenizer
+
+    out, model = tmp_path / "mine.jsonl", tmp_path / "mine.model"
+    out.write_text("someone's file\n")
+    model.write_text("someone's model\n")
+    store = ["--store", str(sample_store_dir)]
+    train = ["train-tokenizer", *store, "--vocab-size", "2000", "--sample-docs", "60", "--out", str(model)]
+    for args, path in ((["export", *store, "--out", str(out)], out), (train, model)):
+        refused = CliRunner().invoke(cli, args)
+        assert refused.exit_code == 2 and f"{path} exists; pass --force to replace it" in refused.output
+        assert path.read_text().startswith("someone's")
+        forced = CliRunner().invoke(cli, [*args, "--force", "--json"])
+        assert forced.exit_code == 0, forced.output
+    assert len(out.read_bytes().splitlines()) == 5993 and json.loads(out.read_bytes().splitlines()[0])["text"]
+    assert Tokenizer(model).vocab_size == 2000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.jsonl", "mine.model"]  # no temporary files left
 
 
 def test_an_os_error_is_one_line_naming_the_file(tmp_path: Path) -> None:

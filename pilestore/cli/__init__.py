@@ -22,6 +22,8 @@ class PilestoreGroup(click.Group):
             return super().invoke(ctx)
         except PilestoreError as err:
             raise click.ClickException(str(err)) from err
+        except BrokenPipeError:  # stdout's reader went away (`| head`, `| less` quit): click ends quietly
+            raise
         except OSError as err:  # a file the command could not read or write: name it, no traceback
             where = f"{err.filename}: " if err.filename else ""
             raise click.ClickException(f"{where}{err.strerror or err}") from err

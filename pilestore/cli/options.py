@@ -26,26 +26,56 @@ json_option = click.option("--json", "json_output", is_flag=True, help="Print th
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar or notes.")
 
 
+_FORCE = "pilestore.force"  # ctx.meta key: --force, read by writable_file
+_STDOUT_OK = "pilestore.stdout_ok"  # ctx.meta key: this command's --out may be "-"
+
+
 def writable_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
-    """An output file whose folder exists and is writable: checked before any work is done."""
+    """An output file whose folder exists and is writable, and that does not exist unless --force was given:
+    checked before any work is done."""
+    if value is not None and str(value) == "-":
+        if ctx.meta.get(_STDOUT_OK):
+            return value
+        raise click.BadParameter(
+            "this command writes a file, not stdout: name one (./- for a file called -)", ctx, param
+        )
     if value is not None:
         folder = value.parent if str(value.parent) else Path(".")
         if not folder.is_dir():
             raise click.BadParameter(f"{folder} does not exist; create it first", ctx, param)
         if not os.access(folder, os.W_OK):
             raise click.BadParameter(f"{folder} is not writable", ctx, param)
+        if value.exists() and not ctx.meta.get(_FORCE):
+            raise click.BadParameter(f"{value} exists; pass --force to replace it", ctx, param)
     return value
 
 
-def out_file_option(help_text: str) -> Callable[[F], F]:
-    """--out FILE, required, its folder checked writable before any work."""
-    return click.option(
-        "--out",
-        required=True,
-        type=click.Path(dir_okay=False, path_type=Path),
-        callback=writable_file,
-        help=help_text,
-    )
+def out_file_option(help_text: str, stdout_ok: bool = False) -> Callable[[F], F]:
+    """--out FILE, required, its folder checked writable before any work; an existing FILE only with --force
+    (the file is replaced once the new one is complete); "-" for standard output where `stdout_ok`."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+        ctx.meta[_FORCE], ctx.meta[_STDOUT_OK] = value, stdout_ok
+        return value
+
+    def decorate(fn: F) -> F:
+        fn = click.option(
+            "--force",
+            is_flag=True,
+            is_eager=True,  # parsed before --out, whose check needs it
+            expose_value=False,
+            callback=remember,
+            help="Replace --out if it exists (only once the new file is complete).",
+        )(fn)
+        return click.option(
+            "--out",
+            required=True,
+            type=click.Path(dir_okay=False, path_type=Path),
+            callback=writable_file,
+            help=help_text,
+        )(fn)
+
+    return decorate
 
 
 def workers_option(help_text: str) -> Callable[[F], F]:

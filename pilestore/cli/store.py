@@ -272,7 +272,9 @@ def verify(store_dir: Path, json_output: bool, quiet: bool) -> None:
 
 @click.command()
 @store_option
-@out_file_option("Output file: zstd-compressed if it ends in .zst, else plain JSON lines.")
+@out_file_option(
+    "Output file: zstd-compressed if it ends in .zst, else plain JSON lines; - for stdout.", stdout_ok=True
+)
 @click.option("--level", default=3, show_default=True, type=click.IntRange(1, 22), help="zstd level for .zst output.")
 @json_option
 @quiet_option
@@ -282,13 +284,22 @@ def export(store_dir: Path, out: Path, level: int, json_output: bool, quiet: boo
     \b
     Example:
         pilestore export --store pile.store --out all.jsonl.zst
+        pilestore export --store pile.store --out - | jq -r .meta.pile_set_name | sort | uniq -c
     """
     from .. import open as open_store
     from ..export import export as run_export
+    from ..export import write_lines
 
+    if str(out) == "-" and json_output:
+        raise click.BadParameter("--json prints to stdout, where --out - writes the documents", param_hint="--json")
     ui = Ui(json_output=json_output, quiet=quiet)
     store = open_store(store_dir)
     with ui.docs_progress("export", len(store)) as advance:
+        if str(out) == "-":
+            count = write_lines(store, sys.stdout.buffer, advance)
+            sys.stdout.buffer.flush()
+            ui.note(f"wrote {count:,} documents to stdout")
+            return
         count = run_export(store, out, level=level, on_document=advance)
     result = {"out": str(out), "documents": count, "bytes": out.stat().st_size}
     if json_output:

@@ -375,9 +375,10 @@ def synthetic_store(work: Path, n: int) -> Path:
     """A store of one document whose eval view (seq_len 2048, context 512) has exactly n windows."""
     import xxhash
 
+    from pilestore.indexes import record_checks
     from pilestore.ingest import ingest
     from pilestore.manifest import write_sealed
-    from pilestore.samples import GENERATION_KEY, SAMPLE_RECORD, SPAN_RECORD, record_checks
+    from pilestore.samples import GENERATION_KEY, SAMPLE_RECORD, SPAN_RECORD
     from pilestore.tokens import BLOCK
 
     folder = work / f"synthetic-{n}"

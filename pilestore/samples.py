@@ -19,7 +19,8 @@ stores how many bytes of its document each token covers (token_bytes.py), so byt
 lengths[j..k] summed. Summed over all spans of a view, that is every byte of every document
 that has tokens: bits per byte = sum(loss in nats) / ln(2) / sum(n_bytes).
 
-This module reads indexes (numpy and pyarrow only); windows.py builds them with numba.
+This module defines the files and reads them (numpy and pyarrow only); indexes.py writes them, over the windows
+that windows.py lays out with numba.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import bisect
 import functools
 import itertools
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,9 +38,8 @@ from typing import Any
 import numpy as np
 
 from .errors import PilestoreError, StoreFormatError
-from .index import arrow_table, map_columns
-from .manifest import read_sealed, write_sealed
-from .shards import file_sha256
+from .index import map_columns
+from .manifest import read_sealed
 from .splits import split_suffix
 from .tokens import TokenView, ViewBehindError
 
@@ -89,87 +88,9 @@ def index_name(
     )
 
 
-def sample_subsets(spans: Any, doc_subset: np.ndarray) -> np.ndarray:
-    """Per sample, the subset of its span with the most target tokens (the first such span on a tie)."""
-    if spans.num_samples == 0:
-        return np.zeros(0, np.int16)
-    order = spans.order()
-    target = spans.target[order].astype(np.int64)
-    begin = spans.span_begin[:-1]
-    most = np.maximum.reduceat(target, begin)
-    counts = np.diff(spans.span_begin)
-    position = np.arange(len(order), dtype=np.int64)
-    first_max = np.minimum.reduceat(np.where(target == np.repeat(most, counts), position, len(order)), begin)
-    return doc_subset[spans.doc[order[first_max]]].astype(np.int16)
-
-
-def span_offsets(view: TokenView, doc: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each span's partition, and its first token's position in that partition's token file."""
-    counts = [len(view.partition(p).n_tokens) for p in range(view.num_partitions)]
-    first_doc = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
-    part = np.searchsorted(first_doc, doc, side="right") - 1
-    offset = np.zeros(len(doc), dtype=np.int64)
-    for p in range(view.num_partitions):
-        mask = part == p
-        offset[mask] = view.partition(p).start[doc[mask] - first_doc[p]] + start[mask]
-    return part, offset
-
-
-def span_bytes(
-    view: TokenView, part: np.ndarray, offset: np.ndarray, context: np.ndarray, target: np.ndarray
-) -> np.ndarray:
-    """Exact UTF-8 bytes covered by each span's target tokens (see the module docstring); part and offset as
-    span_offsets gives them: the sums of the byte lengths before the first target and after the last, read
-    from the .lens files front to back in bounded chunks (TokenView.byte_sums), so a build over many GB of
-    them keeps its memory bounded."""
-    out = np.zeros(len(part), dtype=np.int64)
-    for p in range(view.num_partitions):
-        mask = (part == p) & (target > 0)
-        first = offset[mask] + context[mask]  # first target token in the partition file
-        sums = view.byte_sums(p, np.concatenate((first, first + target[mask])))
-        out[mask] = sums[len(first) :] - sums[: len(first)]
-    return out
-
-
-def record_checks(
-    sample_records: np.ndarray, span_records: np.ndarray, first_span: int = 0, rows: int = 1 << 16
-) -> np.ndarray:
-    """The check of every sample (see _MULTIPLIERS) from its record and its span records. span_records[k] is
-    span first_span + k (a chunk of the samples comes with the chunk of their spans). Worked out `rows`
-    samples at a time, each chunk with just its spans: an index build's temporaries stay a few MB, not ~50
-    bytes a sample."""
-    checks = np.empty(len(sample_records), np.uint64)
-    for at in range(0, len(sample_records), rows):
-        part = sample_records[at : at + rows]
-        lo = int(part["span_begin"][0]) - first_span  # spans are laid out in sample order
-        hi = int(part["span_begin"][-1]) + int(part["n_spans"][-1]) - first_span
-        checks[at : at + len(part)] = _chunk_checks(part, span_records[lo:hi], first_span + lo)
-    return checks
-
-
-def _chunk_checks(sample_records: np.ndarray, span_records: np.ndarray, first_span: int) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        head = sample_records.view(np.uint64).reshape(len(sample_records), -1)[:, :_SAMPLE_WORDS]
-        checks = (head * _SAMPLE_MULT).sum(axis=1, dtype=np.uint64)
-        if len(span_records):  # a chunk of train samples may hold millions of spans: summed in chunks too
-            per_span = _weighted_rows(span_records.view(np.uint64).reshape(len(span_records), -1), _SPAN_MULT)
-            has_spans = sample_records["n_spans"] > 0
-            begins = sample_records["span_begin"][has_spans] - first_span
-            checks[has_spans] += np.add.reduceat(per_span, begins).astype(np.uint64, copy=False)
-    return checks
-
-
-def _weighted_rows(words: np.ndarray, multipliers: np.ndarray, rows: int = 1 << 16) -> np.ndarray:
-    """(words * multipliers).sum(axis=1) in uint64 (wrapping), `rows` rows at a time."""
-    out = np.empty(len(words), np.uint64)
-    with np.errstate(over="ignore"):
-        for at in range(0, len(words), rows):
-            out[at : at + rows] = (words[at : at + rows] * multipliers).sum(axis=1, dtype=np.uint64)
-    return out
-
-
 def _record_ok(check: int, head: np.ndarray, span_words: np.ndarray, count: int) -> bool:
-    """Whether one sample's record words and span record words give its check (record_checks, one sample)."""
+    """Whether one sample's record words and span record words give its check (indexes.record_checks, one
+    sample)."""
     if count > _MAX_SPANS_TILED or len(span_words) != count * _SPAN_WORDS:
         return False
     total = int(np.dot(head, _SAMPLE_MULT)) + int(np.dot(span_words, _SPAN_MULT_TILED[: len(span_words)]))
@@ -179,28 +100,6 @@ def _record_ok(check: int, head: np.ndarray, span_words: np.ndarray, count: int)
 def _as_words(records: np.ndarray, dtype: type) -> np.ndarray:
     """Records seen as rows of integers of `dtype` (a view)."""
     return records.view(dtype).reshape(len(records), records.dtype.itemsize // np.dtype(dtype).itemsize)
-
-
-def _records(pa: Any, records: np.ndarray) -> Any:
-    """A structured numpy array as an Arrow fixed_size_binary column (one record per row) over the same memory:
-    no copy (an index build holds every column at once; a copy of the span records was ~45 bytes a span)."""
-    width = records.dtype.itemsize
-    raw = np.ascontiguousarray(records).view(np.uint8)
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(records), [None, pa.py_buffer(raw)])
-
-
-def _generation(tables: dict[str, Any]) -> str:
-    """A content hash of an index's columns: the same for a byte-identical rebuild, different otherwise."""
-    import xxhash
-
-    hasher = xxhash.xxh3_128()
-    for table in tables.values():
-        for column in table.columns:
-            for chunk in column.chunks:
-                for buffer in chunk.buffers():
-                    if buffer is not None:
-                        hasher.update(memoryview(buffer))
-    return hasher.hexdigest()
 
 
 def check_fields(fields: Sequence[str]) -> tuple[str, ...]:
@@ -284,102 +183,6 @@ class IndexShape:
         words += [f"--packing {self.packing}"] if self.packing else []
         words += [f"--val-fraction {self.val_fraction}"] if self.val_fraction is not None else []
         return " ".join(words)
-
-
-def write_index(
-    view: TokenView, shape: IndexShape, spans: Any, doc_subset: np.ndarray, subsets: list[str]
-) -> dict[str, Any]:
-    """Write a Spans (windows.py) with byte counts and subsets as the named index; returns its description.
-
-    doc_subset: the subset id (into `subsets`) of every document of the view, in store order."""
-    import pyarrow as pa
-
-    folder = view.folder / SAMPLES_DIR
-    folder.mkdir(exist_ok=True)
-    name, seq_len = shape.name, shape.seq_len
-    span_part, span_offset = span_offsets(view, spans.doc, spans.start)
-    n_bytes = span_bytes(view, span_part, span_offset, spans.context, spans.target)
-    begin = spans.span_begin
-    n_spans = np.diff(begin).astype(np.int32)
-    by_sample = spans.order()
-    sample_bytes = np.add.reduceat(n_bytes[by_sample], begin[:-1]) if len(n_bytes) else np.zeros(0, np.int64)
-    sample_tokens = spans.sample_tokens().astype(np.int32)
-    subset = sample_subsets(spans, doc_subset)
-    by_subset = np.argsort(subset, kind="stable").astype(np.int64)
-    span_records = np.zeros(len(by_sample), SPAN_RECORD)
-    for field in ("doc", "start", "context", "target", "eod"):
-        span_records[field] = getattr(spans, field)[by_sample]
-    span_records["n_bytes"] = n_bytes[by_sample]
-    span_records["subset"] = doc_subset[spans.doc[by_sample]]
-    span_records["offset"] = span_offset[by_sample]
-    sample_records = np.zeros(spans.num_samples, SAMPLE_RECORD)
-    sample_records["span_begin"], sample_records["n_spans"] = begin[:-1], n_spans
-    sample_records["n_tokens"], sample_records["n_bytes"] = sample_tokens, sample_bytes
-    sample_records["check"] = record_checks(sample_records, span_records)
-    tables = {
-        "spans": arrow_table(
-            {
-                "doc": spans.doc.astype(np.int64, copy=False),  # the kernels' int32 where it fits
-                "eod": spans.eod,
-                "start": spans.start.astype(np.int64, copy=False),
-                "context": spans.context,
-                "target": spans.target,
-                "n_bytes": n_bytes,
-                "subset": doc_subset[spans.doc].astype(np.int16),
-                "by_sample": by_sample.astype(np.int64, copy=False),
-            }
-        ),
-        "samples": arrow_table(
-            {
-                "span_begin": begin[:-1],
-                "n_spans": n_spans,
-                "n_tokens": sample_tokens,
-                "n_bytes": sample_bytes,
-                "subset": subset,
-                "by_subset": by_subset,
-                "record": _records(pa, sample_records),
-            }
-        ),
-        "rows": arrow_table({"span": _records(pa, span_records)}),
-    }
-    generation = _generation(tables)
-    files, written = {}, []
-    for part, table in tables.items():
-        table = table.replace_schema_metadata({GENERATION_KEY: generation})
-        path = folder / f"{name}.{part}.arrow"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            with pa.ipc.new_file(fh, table.schema) as writer:
-                writer.write_table(table)
-            os.fsync(fh.fileno())
-        files[path.name] = file_sha256(tmp)
-        written.append((tmp, path))
-    for tmp, path in written:  # all at once, then the .json: readers retry across this short window
-        os.replace(tmp, path)
-    slots = spans.num_samples * (seq_len + 1)
-    info = {
-        "name": name,
-        "kind": shape.kind,
-        "seq_len": seq_len,
-        "context": shape.context,
-        "packing": shape.packing,
-        "split": shape.split,
-        "val_fraction": shape.val_fraction,
-        "samples": spans.num_samples,
-        "spans": len(spans.doc),
-        "target_tokens": int(spans.target.sum()),
-        "bytes": int(n_bytes.sum()),
-        "padding_fraction": round(1 - sample_tokens.sum() / slots, 6) if slots else 0,
-        "documents": int(len(np.unique(spans.doc))),
-        "documents_in_several_windows": int((np.bincount(spans.doc) > 1).sum()) if len(spans.doc) else 0,
-        "subsets": list(subsets),
-        "subset_samples": np.bincount(subset, minlength=len(subsets)).tolist(),
-        "sha256": files,
-        "generation": generation,
-        "view_partitions": view.num_partitions,
-    }
-    write_sealed(folder / f"{name}.json", info)
-    return info
 
 
 def find_index(

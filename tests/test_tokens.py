@@ -202,8 +202,7 @@ def test_indexes_and_views_are_mapped_not_copied(view: TokenView, small_store: P
 
 def test_index_files_of_different_builds_are_refused_together(view: TokenView, small_store: Path) -> None:
     """A reader opening while an index is rebuilt could pair old and new files: the generation check refuses."""
-    from pilestore.indexes import document_table
-    from pilestore.samples import write_index
+    from pilestore.indexes import document_table, write_index
     from pilestore.windows import train_view
 
     store = pilestore.open(small_store)
@@ -469,7 +468,8 @@ def test_token_commands_fail_clearly(small_store: Path, tmp_path: Path) -> None:
 def test_every_single_bit_flip_in_a_samples_records_fails_its_check() -> None:
     """The read-time check of a sample (samples._record_ok): any one flipped bit of the sample record or of
     its span records is refused, and the untouched records pass."""
-    from pilestore.samples import _SAMPLE_WORDS, _SPAN_WORDS, SAMPLE_RECORD, SPAN_RECORD, _record_ok, record_checks
+    from pilestore.indexes import record_checks
+    from pilestore.samples import _SAMPLE_WORDS, _SPAN_WORDS, SAMPLE_RECORD, SPAN_RECORD, _record_ok
 
     rng = np.random.default_rng(5)
     counts = [3, 1, 2]
@@ -550,7 +550,8 @@ def test_a_view_of_an_older_format_is_refused_with_what_to_do(
 
 def test_record_checks_of_a_chunk_of_samples_equal_those_of_all() -> None:
     """record_checks over samples 2.. with only their spans (first_span) gives the checks of the whole index."""
-    from pilestore.samples import SAMPLE_RECORD, SPAN_RECORD, record_checks
+    from pilestore.indexes import record_checks
+    from pilestore.samples import SAMPLE_RECORD, SPAN_RECORD
 
     rng = np.random.default_rng(6)
     counts = [2, 1, 3, 1, 2]
@@ -570,7 +571,8 @@ def test_record_checks_of_a_chunk_of_samples_equal_those_of_all() -> None:
 def test_record_checks_in_chunks_keep_samples_without_spans() -> None:
     """Samples with no spans (anywhere in a chunk, or a whole chunk of them) take only their own record: the
     checks worked out in chunks of any size are those the reader's per-sample check (_record_ok) accepts."""
-    from pilestore.samples import _SAMPLE_WORDS, _SPAN_WORDS, SAMPLE_RECORD, SPAN_RECORD, _record_ok, record_checks
+    from pilestore.indexes import record_checks
+    from pilestore.samples import _SAMPLE_WORDS, _SPAN_WORDS, SAMPLE_RECORD, SPAN_RECORD, _record_ok
 
     rng = np.random.default_rng(7)
     counts = [0, 2, 0, 0, 1, 3, 0, 1, 0]

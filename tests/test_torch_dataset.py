@@ -522,8 +522,8 @@ def test_workers_refuse_an_index_rebuilt_after_the_dataset_was_made(
     import pickle
     import shutil
 
-    from pilestore.indexes import build_indexes, document_table
-    from pilestore.samples import IndexShape, write_index
+    from pilestore.indexes import build_indexes, document_table, write_index
+    from pilestore.samples import IndexShape
     from pilestore.tokens import TokenView
     from pilestore.windows import train_view
 

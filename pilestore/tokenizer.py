@@ -17,7 +17,7 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,24 +95,45 @@ def sample_indices(store: Any, settings: TrainSettings) -> np.ndarray:
     return np.sort(rng.choice(n, size=k, replace=False))
 
 
-def iter_sentences(store: Any, indices: np.ndarray, max_chars: int) -> Iterator[str]:
-    """Non-empty lines of the sampled documents, cut to max_chars."""
+def iter_sentences(
+    store: Any, indices: np.ndarray, max_chars: int, on_document: Callable[[int], None] = lambda n: None
+) -> Iterator[str]:
+    """Non-empty lines of the sampled documents, cut to max_chars; on_document(1) after each document."""
     for i in indices:
         for line in for_tokenizer(store[int(i)].text).split("\n"):
             if line.strip():
                 yield line[:max_chars]
+        on_document(1)
 
 
-def train_tokenizer(store: Any, out: Path, settings: TrainSettings) -> dict[str, Any]:
-    """Train sentencepiece on a sample of `store` and write the model to `out`; returns what was done."""
+StageCallback = Callable[[str, "int | None"], Callable[[int], None]]
+"""start(stage, total) -> advance(n): "sample" (total: documents to read), then "train" (None: no known end)."""
+
+
+def _no_stages(stage: str, total: int | None) -> Callable[[int], None]:
+    return lambda n: None
+
+
+def train_tokenizer(
+    store: Any, out: Path, settings: TrainSettings, on_stage: StageCallback = _no_stages
+) -> dict[str, Any]:
+    """Train sentencepiece on a sample of `store` and write the model to `out`; returns what was done.
+
+    sentencepiece reads every sampled sentence first ("sample", reported per document), then trains ("train")."""
     import sentencepiece as spm
 
     indices = sample_indices(store, settings)
     options = {**PILE_DEFAULTS, **settings.options}
+
+    def sentences() -> Iterator[str]:
+        advance = on_stage("sample", len(indices))
+        yield from iter_sentences(store, indices, settings.max_sentence_chars, advance)
+        on_stage("train", None)
+
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter_sentences(store, indices, settings.max_sentence_chars),
+            sentence_iterator=sentences(),
             model_writer=model,
             minloglevel=2,
             **options,

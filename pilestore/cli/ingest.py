@@ -110,7 +110,9 @@ def merge(sources: tuple[Path, ...], store_dir: Path, json_output: bool) -> None
     from ..merge import merge as run_merge
 
     ui = Ui(json_output=json_output)
-    result = run_merge(list(sources), store_dir)
+    stores = f"{len(sources)} store{'s' if len(sources) > 1 else ''}"
+    with ui.working(f"merging {stores} (files linked or copied, then checked; indexes rebuilt)"):
+        result = run_merge(list(sources), store_dir)
     if json_output:
         ui.emit_json(result)
         return

@@ -121,11 +121,14 @@ def train_tokenizer(
             raise click.BadParameter(f"{option!r} is not KEY=VALUE", param_hint="--option")
         extra[key] = value
     ui = Ui(json_output=json_output, quiet=quiet)
-    result = run_train(
-        open_store(store_dir),
-        out,
-        TrainSettings(sample_docs=sample_docs, sample_mb=sample_mb, seed=seed, options=extra),
-    )
+    labels = {"sample": "reading sampled documents", "train": f"training sentencepiece ({vocab_size:,} pieces)"}
+    with ui.stages() as start:
+        result = run_train(
+            open_store(store_dir),
+            out,
+            TrainSettings(sample_docs=sample_docs, sample_mb=sample_mb, seed=seed, options=extra),
+            on_stage=lambda stage, total: start(labels[stage], total),
+        )
     if json_output:
         ui.emit_json(result)
     else:
@@ -188,8 +191,9 @@ def tokenize(
             store, tokenizer_path, threads=workers, on_docs=advance, executor=executor, address=address
         )
     view = TokenView(Path(result["view"]))
-    infos = build_indexes(view, store, seq_len, context, packing, val_fraction)
-    infos += rebuild_behind(view, store)  # the view's other indexes, made before this run added partitions
+    with ui.working("building sample indexes"):
+        infos = build_indexes(view, store, seq_len, context, packing, val_fraction)
+        infos += rebuild_behind(view, store)  # the view's other indexes, made before this run added partitions
     subsets = subset_stats(store, view)
     if json_output:
         ui.emit_json({**{k: v for k, v in result.items() if k != "partitions"}, "subsets": subsets, "indexes": infos})
@@ -245,7 +249,8 @@ def index(
     check_shape(seq_len, context)
     ui = Ui(json_output=json_output)
     store = open_store(store_dir)
-    infos = build_indexes(find_view(store, tokenizer_path), store, seq_len, context, packing, val_fraction)
+    with ui.working("building sample indexes"):
+        infos = build_indexes(find_view(store, tokenizer_path), store, seq_len, context, packing, val_fraction)
     if json_output:
         ui.emit_json(infos)
     else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -18,8 +18,10 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
+    SpinnerColumn,
     Task,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -109,6 +111,32 @@ class Ui:
         with Progress(*columns, console=self.err, transient=True) as progress:
             task = progress.add_task(label, total=total)
             yield lambda n: progress.advance(task, n)
+
+    @contextmanager
+    def working(self, label: str) -> Iterator[None]:
+        """A spinner with the time spent, for work whose end cannot be told (a library call that reports nothing)."""
+        if not self.show_progress:
+            yield
+            return
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, console=self.err, transient=True) as progress:
+            progress.add_task(label, total=None)
+            yield
+
+    @contextmanager
+    def stages(self) -> Iterator[Callable[[str, int | None], Callable[[int], None]]]:
+        """start(label, total) -> advance(docs): work in stages, each shown in place of the one before it
+        (docs_progress for a total, working() for None)."""
+        with ExitStack() as stack:
+
+            def start(label: str, total: int | None) -> Callable[[int], None]:
+                stack.close()
+                if total is None:
+                    stack.enter_context(self.working(label))
+                    return lambda n: None
+                return stack.enter_context(self.docs_progress(label, total))
+
+            yield start
 
     def emit_json(self, data: Any) -> None:
         sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=1) + "\n")

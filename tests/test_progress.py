@@ -1,0 +1,108 @@
+"""Long commands show progress on a terminal (stderr a real pseudo-terminal here) and nothing in a pipe."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pilestore
+from pilestore.tokenizer import TrainSettings, train_tokenizer
+from pilestore.tokens import tokenize
+
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def on_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
+    """Run `pilestore ARGS` with stderr on a pseudo-terminal; (exit status, every line it drew, escapes removed)."""
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "160"}
+    command = [sys.executable, "-m", "pilestore", *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=slave, cwd=cwd, env=env)
+    os.close(slave)
+    drawn = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # the other end closed (Linux: EIO)
+                break
+            if not data:
+                break
+            drawn.append(data)
+        elif process.poll() is not None:
+            break
+    os.close(master)
+    text = _ESCAPES.sub("", b"".join(drawn).decode(errors="replace"))
+    return process.wait(timeout=300), "\n".join(line.strip() for line in re.split(r"[\r\n]", text) if line.strip())
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory, small_store: Path, model: Path) -> Path:
+    """s.store: the small store, tokenized (each case runs alone too); u.store: the same, not tokenized."""
+    folder = tmp_path_factory.mktemp("progress")
+    shutil.copytree(small_store, folder / "u.store", ignore=shutil.ignore_patterns("tokens"))
+    shutil.copytree(folder / "u.store", folder / "s.store")
+    shutil.copy(model, folder / "tok.model")
+    tokenize(pilestore.open(folder / "s.store"), folder / "tok.model")
+    return folder
+
+
+CASES = {  # command: what its progress display holds
+    "ingest": (["ingest", "{corpus}", "--store", "new.store"], ["ingest", "MB/s", "docs/s"]),
+    "train-tokenizer": (
+        ["train-tokenizer", "--store", "s.store", "--vocab-size", "2000", "--sample-docs", "300", "--out", "t.model"],
+        ["reading sampled documents", "/300", "docs/s", "training sentencepiece (2,000 pieces)"],
+    ),
+    "tokenize": (
+        ["tokenize", "--store", "u.store", "--tokenizer", "tok.model", "--seq-len", "128", "--context", "32"],
+        ["tokenize", "/900", "docs/s", "building sample indexes"],
+    ),
+    "index": (
+        ["index", "--store", "s.store", "--seq-len", "64", "--context", "16"],
+        ["building sample indexes"],
+    ),
+    "merge": (["merge", "s.store", "--store", "merged.store"], ["merging 1 store (files linked"]),
+    "verify": (["verify", "--store", "s.store"], ["verify", "900/900", "docs/s"]),
+    "export": (["export", "--store", "s.store", "--out", "all.jsonl.zst"], ["export", "900/900", "docs/s"]),
+}
+
+
+@pytest.mark.parametrize("command", list(CASES))
+def test_progress_shows_on_a_terminal_and_not_in_a_pipe(work: Path, sample_path: Path, command: str) -> None:
+    args, shown = CASES[command]
+    args = [a.replace("{corpus}", str(sample_path)) for a in args]
+    status, drawn = on_terminal(args, work)
+    assert status == 0, drawn[-2000:]
+    for piece in shown:
+        assert piece in drawn, (piece, drawn[-2000:])
+    for path in ("new.store", "t.model", "all.jsonl.zst", "merged.store", "u.store/tokens"):  # again, in a pipe
+        shutil.rmtree(work / path) if (work / path).is_dir() else (work / path).unlink(missing_ok=True)
+    piped = subprocess.run(
+        [sys.executable, "-m", "pilestore", *args], cwd=work, capture_output=True, text=True, timeout=300
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert not any(piece in piped.stderr for piece in shown if piece != command), piped.stderr
+    assert "━" not in piped.stderr and "\r" not in piped.stderr
+
+
+def test_train_tokenizer_reports_reading_each_sampled_document_then_training(small_store: Path, tmp_path: Path) -> None:
+    calls: list[tuple[str, int | None]] = []
+    read = []
+
+    def on_stage(stage: str, total: int | None):  # noqa: ANN202
+        calls.append((stage, total))
+        return read.append
+
+    settings = TrainSettings(sample_docs=250, options={"vocab_size": 1000, "num_threads": 1})
+    result = train_tokenizer(pilestore.open(small_store), tmp_path / "t.model", settings, on_stage=on_stage)
+    assert calls == [("sample", 250), ("train", None)] and result["documents"] == 250
+    assert read == [1] * 250

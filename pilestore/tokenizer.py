@@ -17,6 +17,7 @@ import hashlib
 import io
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,11 +133,11 @@ def train_tokenizer(
 
     model = io.BytesIO()
     try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=sentences(),
-            model_writer=model,
-            minloglevel=2,
-            **options,
+        _in_thread(
+            lambda: spm.SentencePieceTrainer.train(
+                sentence_iterator=sentences(), model_writer=model, minloglevel=2, **options
+            ),
+            name="sentencepiece",
         )
     except RuntimeError as err:
         hint = ""
@@ -158,6 +159,26 @@ def train_tokenizer(
         "documents": len(indices),
         "options": options,
     }
+
+
+def _in_thread(fn: Callable[[], object], name: str) -> None:
+    """fn() in a daemon thread while this thread waits in short joins, so that Ctrl-C (which Python raises in the
+    main thread, between bytecodes) ends the wait at once, not after a C call of many minutes (sentencepiece
+    trains without holding the GIL); fn's exception is raised here. Nothing is written by fn itself."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as err:  # noqa: BLE001 - handed to the waiting thread as it is
+            failure.append(err)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+    if failure:
+        raise failure[0]
 
 
 class Tokenizer:

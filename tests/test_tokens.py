@@ -345,6 +345,40 @@ def test_train_tokenizer_cli(small_store: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 2
 
 
+def test_ctrl_c_while_sentencepiece_trains_stops_at_once_and_writes_no_model(
+    sample_store_dir: Path, tmp_path: Path
+) -> None:
+    """sentencepiece trains in one C call (minutes on a Pile sample): Ctrl-C must not wait for it to end. A
+    SIGINT 0.3 s into training (32k pieces over the sample corpus: seconds) reaches the caller while the training
+    thread is still at work (its OS thread still runs: Linux's /proc), and no model file is written."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "t.model"
+    code = (
+        "import os, signal, threading, sys\n"
+        "from pathlib import Path\n"
+        "import pilestore\n"
+        "from pilestore.tokenizer import TrainSettings, train_tokenizer\n"
+        "def on_stage(stage, total):\n"
+        "    if stage == 'train':\n"
+        "        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+        "    return lambda n: None\n"
+        "settings = TrainSettings(options={'vocab_size': 32000})\n"
+        "try:\n"
+        f"    store = pilestore.open({str(sample_store_dir)!r})\n"
+        f"    train_tokenizer(store, Path({str(out)!r}), settings, on_stage=on_stage)\n"
+        "    print('finished')\n"
+        "except KeyboardInterrupt:\n"
+        "    ids = [t.native_id for t in threading.enumerate() if t.name == 'sentencepiece']\n"
+        "    print('interrupted', [os.path.exists(f'/proc/self/task/{i}') for i in ids])\n"
+    )  # the thread's OS thread, not is_alive(): a join cut short by KeyboardInterrupt marks its thread stopped
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "interrupted [True]"  # the training thread still at work: nobody waited for it
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_long_texts_cut_for_threads_give_the_same_tokens_and_offsets(sample_records: list[dict], model: Path) -> None:
     tokenizer = Tokenizer(model)
     long_texts = [r["text"] for r in sample_records if len(r["text"]) > 20_000][:40]

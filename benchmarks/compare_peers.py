@@ -4,9 +4,10 @@
   .venv/bin/python benchmarks/compare_peers.py          # sample corpus; ~10 minutes on 2 cores
   .venv/bin/python benchmarks/compare_peers.py --corpus 11.jsonl.zst --work /big/disk
 
-Systems: pilestore; Hugging Face `datasets` (Arrow, save_to_disk / load_from_disk); MosaicML `streaming` (MDS,
-zstd-compressed shards); `litdata` (optimize, zstd-compressed chunks); and the Megatron / nanoGPT approach, a
-flat `np.memmap` (UTF-8 text + int64 offsets for documents, token ids for training).
+Systems: pilestore (and pilestore-l5: the same at `--level 5`, documents only); Hugging Face `datasets` (Arrow,
+save_to_disk / load_from_disk); MosaicML `streaming` (MDS, zstd-compressed shards); `litdata` (optimize,
+zstd-compressed chunks); and the Megatron / nanoGPT approach, a flat `np.memmap` (UTF-8 text + int64 offsets for
+documents, token ids for training).
 
 Per system, each in its own process (a peer that is missing or fails is reported in the table, not hidden):
   build     the source .jsonl.zst to the system's format: seconds and MB/s of uncompressed JSON lines; every peer
@@ -50,9 +51,10 @@ from bench_store import du, json_bytes  # noqa: E402  (benchmarks/ is the script
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("PILESTORE_SHARED", HERE.parents[1] / "shared"))
-SYSTEMS = ["pilestore", "datasets", "mds", "litdata", "memmap"]
-PACKAGES = {"pilestore": "pilestore", "datasets": "datasets", "mds": "mosaicml-streaming", "litdata": "litdata",
-            "memmap": "numpy"}  # fmt: skip
+SYSTEMS = ["pilestore", "pilestore-l5", "datasets", "mds", "litdata", "memmap"]
+PACKAGES = {"pilestore": "pilestore", "pilestore-l5": "pilestore", "datasets": "datasets",
+            "mds": "mosaicml-streaming", "litdata": "litdata", "memmap": "numpy"}  # fmt: skip
+DOCS_ONLY = {"pilestore-l5"}  # the same token path as pilestore's: not run again in the loader part
 SEQ_LEN, BLOCK = 2048, 2049
 ACCESS, BATCH, BATCHES = 20_000, 8, 400
 
@@ -156,6 +158,16 @@ class PilestoreDocs(Docs):
 
     def get(self, i: int) -> str:
         return self.store[i].text
+
+
+class PilestoreLevel5Docs(PilestoreDocs):
+    """`pilestore ingest --level 5`: the store's other size / speed trade-off (default: level 3)."""
+
+    def build(self, corpus: Path, out: Path) -> None:
+        from pilestore.codec import CompressionSettings
+        from pilestore.ingest import ingest
+
+        ingest([corpus], out, settings=CompressionSettings(level=5))
 
 
 class HFDocs(Docs):
@@ -284,7 +296,8 @@ class MemmapDocs(Docs):
 
 
 DOCS: dict[str, type[Docs]] = {
-    "pilestore": PilestoreDocs, "datasets": HFDocs, "mds": MDSDocs, "litdata": LitDocs, "memmap": MemmapDocs,
+    "pilestore": PilestoreDocs, "pilestore-l5": PilestoreLevel5Docs, "datasets": HFDocs, "mds": MDSDocs,
+    "litdata": LitDocs, "memmap": MemmapDocs,
 }  # fmt: skip
 
 
@@ -521,7 +534,7 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
             ax.set_axis_off()
             continue
-        bars = ax.bar(names, [values[s] for s in names], color=["#d62728" if s == "pilestore" else "#7f7f7f"
+        bars = ax.bar(names, [values[s] for s in names], color=["#d62728" if s.startswith("pilestore") else "#7f7f7f"
                                                                 for s in names])  # fmt: skip
         ax.bar_label(bars, fmt=lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.1f}", fontsize=8)
         ax.set_title(title, fontsize=10)
@@ -574,7 +587,7 @@ def main() -> None:
 
         store_dir = prepare(work, args.corpus, vocab_size=32_000)  # ingest, train a 32k BPE, tokenize, index
         for round_ in range(args.rounds):  # systems interleaved, the median per system: the machine is noisy
-            for system in systems:
+            for system in [s for s in systems if s not in DOCS_ONLY]:
                 rows += [{**r, "round": round_} for r in run_child(system, "loader", args.corpus, work, store_dir)]
     altered = sum(1 for text, _ in parsed_records(args.corpus) if utf8(text) != text)
     meta = {

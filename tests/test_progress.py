@@ -76,22 +76,31 @@ CASES = {  # command: what its progress display holds
 }
 
 
+def _clean(work: Path) -> None:
+    """Remove what the cases make, so that each run does its work again."""
+    for path in ("new.store", "t.model", "all.jsonl.zst", "merged.store", "u.store/tokens"):
+        shutil.rmtree(work / path) if (work / path).is_dir() else (work / path).unlink(missing_ok=True)
+
+
 @pytest.mark.parametrize("command", list(CASES))
-def test_progress_shows_on_a_terminal_and_not_in_a_pipe(work: Path, sample_path: Path, command: str) -> None:
+def test_progress_shows_on_a_terminal_not_in_a_pipe_nor_with_quiet(work: Path, sample_path: Path, command: str) -> None:
     args, shown = CASES[command]
     args = [a.replace("{corpus}", str(sample_path)) for a in args]
+    _clean(work)
     status, drawn = on_terminal(args, work)
     assert status == 0, drawn[-2000:]
     for piece in shown:
         assert piece in drawn, (piece, drawn[-2000:])
-    for path in ("new.store", "t.model", "all.jsonl.zst", "merged.store", "u.store/tokens"):  # again, in a pipe
-        shutil.rmtree(work / path) if (work / path).is_dir() else (work / path).unlink(missing_ok=True)
+    _clean(work)
     piped = subprocess.run(
         [sys.executable, "-m", "pilestore", *args], cwd=work, capture_output=True, text=True, timeout=300
     )
     assert piped.returncode == 0, piped.stderr
     assert not any(piece in piped.stderr for piece in shown if piece != command), piped.stderr
     assert "━" not in piped.stderr and "\r" not in piped.stderr
+    _clean(work)
+    status, drawn = on_terminal([*args, "--quiet"], work)
+    assert status == 0 and not any(piece in drawn for piece in shown if piece != command), drawn[-2000:]
 
 
 def test_train_tokenizer_reports_reading_each_sampled_document_then_training(small_store: Path, tmp_path: Path) -> None:

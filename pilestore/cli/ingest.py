@@ -97,7 +97,8 @@ def ingest(
 @click.argument("sources", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @store_option
 @json_option
-def merge(sources: tuple[Path, ...], store_dir: Path, json_output: bool) -> None:
+@quiet_option
+def merge(sources: tuple[Path, ...], store_dir: Path, json_output: bool, quiet: bool) -> None:
     """Add the partitions of other stores to a store, without recompressing or re-tokenizing.
 
     Documents keep the order of the stores given (after the target's own); tokenized views that every store
@@ -109,7 +110,7 @@ def merge(sources: tuple[Path, ...], store_dir: Path, json_output: bool) -> None
     """
     from ..merge import merge as run_merge
 
-    ui = Ui(json_output=json_output)
+    ui = Ui(json_output=json_output, quiet=quiet)
     stores = f"{len(sources)} store{'s' if len(sources) > 1 else ''}"
     with ui.working(f"merging {stores} (files linked or copied, then checked; indexes rebuilt)"):
         result = run_merge(list(sources), store_dir)

@@ -223,6 +223,7 @@ def tokenize(
 @packing_option
 @val_fraction_option
 @json_option
+@quiet_option
 def index(
     store_dir: Path,
     tokenizer_path: Path | None,
@@ -231,6 +232,7 @@ def index(
     packing: str,
     val_fraction: float | None,
     json_output: bool,
+    quiet: bool,
 ) -> None:
     """Build the eval and train sample indexes for another length, without re-tokenizing.
 
@@ -247,7 +249,7 @@ def index(
     from ..tokens import find_view
 
     check_shape(seq_len, context)
-    ui = Ui(json_output=json_output)
+    ui = Ui(json_output=json_output, quiet=quiet)
     store = open_store(store_dir)
     with ui.working("building sample indexes"):
         infos = build_indexes(find_view(store, tokenizer_path), store, seq_len, context, packing, val_fraction)

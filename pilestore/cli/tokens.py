@@ -121,7 +121,9 @@ def train_tokenizer(
             raise click.BadParameter(f"{option!r} is not KEY=VALUE", param_hint="--option")
         extra[key] = value
     ui = Ui(json_output=json_output, quiet=quiet)
-    labels = {"sample": "reading sampled documents", "train": f"training sentencepiece ({vocab_size:,} pieces)"}
+    pieces = extra["vocab_size"]  # --option vocab_size=... overrides --vocab-size
+    pieces = f"{pieces:,}" if isinstance(pieces, int) else pieces
+    labels = {"sample": "reading sampled documents", "train": f"training sentencepiece ({pieces} pieces)"}
     with ui.stages() as start:
         result = run_train(
             open_store(store_dir),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -126,17 +127,27 @@ class Ui:
     @contextmanager
     def stages(self) -> Iterator[Callable[[str, int | None], Callable[[int], None]]]:
         """start(label, total) -> advance(docs): work in stages, each shown in place of the one before it
-        (docs_progress for a total, working() for None)."""
-        with ExitStack() as stack:
+        (docs_progress for a total, working() for None). start may be called from another thread; once this
+        context has ended (Ctrl-C while that thread works on), it shows nothing more."""
+        lock, shown = threading.Lock(), ExitStack()
+        ended = False
 
-            def start(label: str, total: int | None) -> Callable[[int], None]:
-                stack.close()
-                if total is None:
-                    stack.enter_context(self.working(label))
+        def start(label: str, total: int | None) -> Callable[[int], None]:
+            with lock:
+                shown.close()
+                if ended:
                     return lambda n: None
-                return stack.enter_context(self.docs_progress(label, total))
+                if total is None:
+                    shown.enter_context(self.working(label))
+                    return lambda n: None
+                return shown.enter_context(self.docs_progress(label, total))
 
+        try:
             yield start
+        finally:
+            with lock:
+                ended = True
+                shown.close()
 
     def emit_json(self, data: Any) -> None:
         sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=1) + "\n")

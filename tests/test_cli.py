@@ -104,6 +104,21 @@ def test_info_json_and_table(sample_store_dir: Path) -> None:
     assert "Gutenberg (PG-19)" in table.output and "sample.jsonl.zst" in table.output
 
 
+def test_info_gives_each_partitions_stored_size_and_zstd_level(make_shard: ShardMaker, tmp_path: Path) -> None:
+    store = str(tmp_path / "s.store")
+    a = make_shard([doc(f"first source, document {i} " * 20) for i in range(50)], name="a.jsonl.zst")
+    b = make_shard([doc(f"second source, document {i} " * 20, "Github") for i in range(50)], name="b.jsonl.zst")
+    assert run("ingest", str(a), "--store", store).returncode == 0
+    assert run("ingest", str(b), "--store", store, "--level", "5").returncode == 0
+    data = json.loads(CliRunner().invoke(cli, ["info", "--store", store, "--json"]).output)
+    assert [p["zstd_level"] for p in data["partitions"]] == [3, 5]
+    stored = sum(v["stored_bytes"] for v in data["subsets"].values())
+    assert all(p["stored_bytes"] > 0 for p in data["partitions"])
+    assert sum(p["stored_bytes"] for p in data["partitions"]) == stored
+    table = CliRunner().invoke(cli, ["info", "--store", store]).output
+    assert "level" in table and "stored MB" in table and "a.jsonl.zst" in table and "b.jsonl.zst" in table
+
+
 def test_verify_and_export_commands(sample_store_dir: Path, tmp_path: Path, sample_records: list[dict]) -> None:
     ok = CliRunner().invoke(cli, ["verify", "--store", str(sample_store_dir), "--json"])
     assert ok.exit_code == 0 and json.loads(ok.output)["documents_checked"] == 5993

@@ -160,6 +160,8 @@ def _info(store: Any) -> dict[str, Any]:
                 "documents": p["documents"],
                 "text_bytes": p["text_bytes"],
                 "source_bytes": p["source"]["size"],
+                "stored_bytes": p["stored_bytes"],
+                "zstd_level": p["compression"]["level"],
                 "skipped_lines": sum(p["skipped"].values()),
                 "created": p["created"],
             }
@@ -201,14 +203,20 @@ def info(store_dir: Path, json_output: bool) -> None:
     table = subset_table(title, data["subsets"])
     ui.out.print(table)
     sources = Table(title="partitions", title_justify="left")
-    for name in ("id", "source", "documents", "source MB", "skipped lines"):
-        sources.add_column(name, justify="left" if name == "source" else "right")
+    longest = max((len(p["source"]) for p in data["partitions"]), default=6)
+    for name in ("id", "source", "documents", "source MB", "stored MB", "level", "skipped"):
+        if name == "source":  # the column that tells partitions apart: whole names, the others narrow first
+            sources.add_column(name, min_width=min(longest, 48))
+        else:
+            sources.add_column(name, justify="right")
     for p in data["partitions"]:
         sources.add_row(
             str(p["id"]),
             p["source"],
             f"{p['documents']:,}",
             f"{p['source_bytes'] / 1e6:,.1f}",
+            f"{p['stored_bytes'] / 1e6:,.1f}",
+            str(p["zstd_level"]),
             f"{p['skipped_lines']:,}",
         )
     ui.out.print(sources)

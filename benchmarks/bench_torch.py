@@ -375,10 +375,9 @@ def synthetic_store(work: Path, n: int) -> Path:
     """A store of one document whose eval view (seq_len 2048, context 512) has exactly n windows."""
     import xxhash
 
-    from pilestore.indexes import record_checks
     from pilestore.ingest import ingest
     from pilestore.manifest import write_sealed
-    from pilestore.samples import GENERATION_KEY, SAMPLE_RECORD, SPAN_RECORD
+    from pilestore.samples import GENERATION_KEY, SAMPLE_RECORD, SPAN_RECORD, record_checks
     from pilestore.tokens import BLOCK
 
     folder = work / f"synthetic-{n}"
@@ -458,10 +457,11 @@ def synthetic_store(work: Path, n: int) -> Path:
     scratch.rmdir()
     info = {"name": name, "kind": "eval", "seq_len": SEQ_LEN, "context": CONTEXT, "packing": None, "split": "all",
             "val_fraction": None, "samples": n, "subsets": ["Pile-CC"], "subset_samples": [n],
-            "generation": f"synthetic-{n}"}  # fmt: skip
+            "generation": f"synthetic-{n}", "view_partitions": 1}  # fmt: skip
     write_sealed(view / "samples" / f"{name}.json", info)
     meta = {"tokenizer": {"file": "synthetic", "sha256": "0" * 64, "vocab_size": 32000, "eod_id": 2},
-            "dtype": "uint16", "documents": 1, "tokens": total, "bytes": total, "partitions": [{"p": 0}]}  # fmt: skip
+            "dtype": "uint16", "documents": 1, "tokens": total, "bytes": total,
+            "partitions": [{"partition": 0, "documents": 1, "tokens": total, "bytes": total}]}  # fmt: skip
     write_sealed(view / "view.json", meta)
     from pilestore.samples import SampleIndex
     from pilestore.tokens import TokenView

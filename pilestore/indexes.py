@@ -18,9 +18,6 @@ import numpy as np
 from .index import arrow_table
 from .manifest import read_sealed, write_sealed, writer_lock
 from .samples import (
-    _SAMPLE_MULT,
-    _SAMPLE_WORDS,
-    _SPAN_MULT,
     GENERATION_KEY,
     REBUILD,
     SAMPLE_RECORD,
@@ -28,6 +25,7 @@ from .samples import (
     SPAN_RECORD,
     IndexShape,
     built_for,
+    record_checks,
 )
 from .shards import file_sha256
 from .splits import in_split
@@ -122,43 +120,6 @@ def span_bytes(
         first = offset[mask] + context[mask]  # first target token in the partition file
         sums = view.byte_sums(p, np.concatenate((first, first + target[mask])))
         out[mask] = sums[len(first) :] - sums[: len(first)]
-    return out
-
-
-def record_checks(
-    sample_records: np.ndarray, span_records: np.ndarray, first_span: int = 0, rows: int = 1 << 16
-) -> np.ndarray:
-    """The check of every sample (see samples._MULTIPLIERS) from its record and its span records. span_records[k] is
-    span first_span + k (a chunk of the samples comes with the chunk of their spans). Worked out `rows`
-    samples at a time, each chunk with just its spans: an index build's temporaries stay a few MB, not ~50
-    bytes a sample."""
-    checks = np.empty(len(sample_records), np.uint64)
-    for at in range(0, len(sample_records), rows):
-        part = sample_records[at : at + rows]
-        lo = int(part["span_begin"][0]) - first_span  # spans are laid out in sample order
-        hi = int(part["span_begin"][-1]) + int(part["n_spans"][-1]) - first_span
-        checks[at : at + len(part)] = _chunk_checks(part, span_records[lo:hi], first_span + lo)
-    return checks
-
-
-def _chunk_checks(sample_records: np.ndarray, span_records: np.ndarray, first_span: int) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        head = sample_records.view(np.uint64).reshape(len(sample_records), -1)[:, :_SAMPLE_WORDS]
-        checks = (head * _SAMPLE_MULT).sum(axis=1, dtype=np.uint64)
-        if len(span_records):  # a chunk of train samples may hold millions of spans: summed in chunks too
-            per_span = _weighted_rows(span_records.view(np.uint64).reshape(len(span_records), -1), _SPAN_MULT)
-            has_spans = sample_records["n_spans"] > 0
-            begins = sample_records["span_begin"][has_spans] - first_span
-            checks[has_spans] += np.add.reduceat(per_span, begins).astype(np.uint64, copy=False)
-    return checks
-
-
-def _weighted_rows(words: np.ndarray, multipliers: np.ndarray, rows: int = 1 << 16) -> np.ndarray:
-    """(words * multipliers).sum(axis=1) in uint64 (wrapping), `rows` rows at a time."""
-    out = np.empty(len(words), np.uint64)
-    with np.errstate(over="ignore"):
-        for at in range(0, len(words), rows):
-            out[at : at + rows] = (words[at : at + rows] * multipliers).sum(axis=1, dtype=np.uint64)
     return out
 
 

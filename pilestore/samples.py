@@ -41,7 +41,7 @@ from .errors import PilestoreError, StoreFormatError
 from .index import map_columns
 from .manifest import read_sealed
 from .splits import split_suffix
-from .tokens import TokenView, ViewBehindError
+from .tokens import TOKENS_DIR, VIEW_FILE, TokenView, ViewBehindError
 
 _ARANGE = np.arange(1 << 16, dtype=np.int64)
 # assemble.py's kernels read these two layouts as word positions frozen into their cached machine code: edit
@@ -88,9 +88,45 @@ def index_name(
     )
 
 
+def record_checks(
+    sample_records: np.ndarray, span_records: np.ndarray, first_span: int = 0, rows: int = 1 << 16
+) -> np.ndarray:
+    """The check of every sample (see _MULTIPLIERS) from its record and its span records. span_records[k] is
+    span first_span + k (a chunk of the samples comes with the chunk of their spans). Worked out `rows`
+    samples at a time, each chunk with just its spans: an index build's temporaries stay a few MB, not ~50
+    bytes a sample."""
+    checks = np.empty(len(sample_records), np.uint64)
+    for at in range(0, len(sample_records), rows):
+        part = sample_records[at : at + rows]
+        lo = int(part["span_begin"][0]) - first_span  # spans are laid out in sample order
+        hi = int(part["span_begin"][-1]) + int(part["n_spans"][-1]) - first_span
+        checks[at : at + len(part)] = _chunk_checks(part, span_records[lo:hi], first_span + lo)
+    return checks
+
+
+def _chunk_checks(sample_records: np.ndarray, span_records: np.ndarray, first_span: int) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        head = sample_records.view(np.uint64).reshape(len(sample_records), -1)[:, :_SAMPLE_WORDS]
+        checks = (head * _SAMPLE_MULT).sum(axis=1, dtype=np.uint64)
+        if len(span_records):  # a chunk of train samples may hold millions of spans: summed in chunks too
+            per_span = _weighted_rows(span_records.view(np.uint64).reshape(len(span_records), -1), _SPAN_MULT)
+            has_spans = sample_records["n_spans"] > 0
+            begins = sample_records["span_begin"][has_spans] - first_span
+            checks[has_spans] += np.add.reduceat(per_span, begins).astype(np.uint64, copy=False)
+    return checks
+
+
+def _weighted_rows(words: np.ndarray, multipliers: np.ndarray, rows: int = 1 << 16) -> np.ndarray:
+    """(words * multipliers).sum(axis=1) in uint64 (wrapping), `rows` rows at a time."""
+    out = np.empty(len(words), np.uint64)
+    with np.errstate(over="ignore"):
+        for at in range(0, len(words), rows):
+            out[at : at + rows] = (words[at : at + rows] * multipliers).sum(axis=1, dtype=np.uint64)
+    return out
+
+
 def _record_ok(check: int, head: np.ndarray, span_words: np.ndarray, count: int) -> bool:
-    """Whether one sample's record words and span record words give its check (indexes.record_checks, one
-    sample)."""
+    """Whether one sample's record words and span record words give its check (record_checks, one sample)."""
     if count > _MAX_SPANS_TILED or len(span_words) != count * _SPAN_WORDS:
         return False
     total = int(np.dot(head, _SAMPLE_MULT)) + int(np.dot(span_words, _SPAN_MULT_TILED[: len(span_words)]))
@@ -226,8 +262,6 @@ def describe_views(store_path: Path, store_partitions: int) -> list[dict[str, An
     """Each tokenized view of a store (`pilestore info`): its tokenizer, the partitions it holds of the store's,
     tokens, and its sample indexes, each with whether it holds every partition of the view. A view or index
     whose description cannot be read is listed with the error instead."""
-    from .tokens import TOKENS_DIR, VIEW_FILE
-
     views = []
     for view_file in sorted((store_path / TOKENS_DIR).glob(f"*/{VIEW_FILE}")):
         try:

@@ -345,6 +345,18 @@ def test_train_tokenizer_cli(small_store: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 2
 
 
+def test_a_vocabulary_too_small_for_the_sample_fails_with_what_to_do_and_writes_no_model(
+    small_store: Path, tmp_path: Path
+) -> None:
+    """sentencepiece's own error (raised in its training thread) reaches the command as one line with the fix."""
+    out = tmp_path / "t.model"
+    args = ["train-tokenizer", "--store", str(small_store), "--vocab-size", "300", "--sample-docs", "200"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    assert result.exit_code == 1 and "sentencepiece training failed" in result.output
+    assert "give a larger --vocab-size" in result.output and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ctrl_c_while_sentencepiece_trains_stops_at_once_and_writes_no_model(
     sample_store_dir: Path, tmp_path: Path
 ) -> None:
@@ -502,8 +514,7 @@ def test_token_commands_fail_clearly(small_store: Path, tmp_path: Path) -> None:
 def test_every_single_bit_flip_in_a_samples_records_fails_its_check() -> None:
     """The read-time check of a sample (samples._record_ok): any one flipped bit of the sample record or of
     its span records is refused, and the untouched records pass."""
-    from pilestore.indexes import record_checks
-    from pilestore.samples import _SAMPLE_WORDS, _SPAN_WORDS, SAMPLE_RECORD, SPAN_RECORD, _record_ok
+    from pilestore.samples import _SAMPLE_WORDS, _SPAN_WORDS, SAMPLE_RECORD, SPAN_RECORD, _record_ok, record_checks
 
     rng = np.random.default_rng(5)
     counts = [3, 1, 2]
@@ -584,8 +595,7 @@ def test_a_view_of_an_older_format_is_refused_with_what_to_do(
 
 def test_record_checks_of_a_chunk_of_samples_equal_those_of_all() -> None:
     """record_checks over samples 2.. with only their spans (first_span) gives the checks of the whole index."""
-    from pilestore.indexes import record_checks
-    from pilestore.samples import SAMPLE_RECORD, SPAN_RECORD
+    from pilestore.samples import SAMPLE_RECORD, SPAN_RECORD, record_checks
 
     rng = np.random.default_rng(6)
     counts = [2, 1, 3, 1, 2]
@@ -605,8 +615,7 @@ def test_record_checks_of_a_chunk_of_samples_equal_those_of_all() -> None:
 def test_record_checks_in_chunks_keep_samples_without_spans() -> None:
     """Samples with no spans (anywhere in a chunk, or a whole chunk of them) take only their own record: the
     checks worked out in chunks of any size are those the reader's per-sample check (_record_ok) accepts."""
-    from pilestore.indexes import record_checks
-    from pilestore.samples import _SAMPLE_WORDS, _SPAN_WORDS, SAMPLE_RECORD, SPAN_RECORD, _record_ok
+    from pilestore.samples import _SAMPLE_WORDS, _SPAN_WORDS, SAMPLE_RECORD, SPAN_RECORD, _record_ok, record_checks
 
     rng = np.random.default_rng(7)
     counts = [0, 2, 0, 0, 1, 3, 0, 1, 0]

@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from synthetic_views import write_zero_tokens
 
 SHARED = Path(os.environ.get("PILESTORE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 SEQ_LEN, CONTEXT = 2048, 512
@@ -373,12 +374,10 @@ def write_arrow(path: Path, columns: dict[str, np.ndarray], metadata: dict[str, 
 
 def synthetic_store(work: Path, n: int) -> Path:
     """A store of one document whose eval view (seq_len 2048, context 512) has exactly n windows."""
-    import xxhash
 
     from pilestore.ingest import ingest
     from pilestore.manifest import write_sealed
     from pilestore.samples import GENERATION_KEY, SAMPLE_RECORD, SPAN_RECORD, record_checks
-    from pilestore.tokens import BLOCK
 
     folder = work / f"synthetic-{n}"
     store_dir = folder / "s.store"
@@ -392,15 +391,7 @@ def synthetic_store(work: Path, n: int) -> Path:
     total = SEQ_LEN + (n - 1) * pred  # every window full
     view = store_dir / "tokens" / "synthetic-000000000000"
     (view / "samples").mkdir(parents=True)
-    for suffix, itemsize in ((".tokens", 2), (".lens", 1)):
-        with open(view / f"p00000{suffix}", "wb") as fh:
-            fh.truncate(total * itemsize)  # sparse: reads give zeros, nothing is stored
-    (view / "p00000.long").write_bytes(b"")
-    full, tail = divmod(total * 2, BLOCK)  # block checksums of the all-zero token file
-    sums = np.full(full + bool(tail), xxhash.xxh3_64_intdigest(bytes(BLOCK)), dtype="<u8")
-    if tail:
-        sums[-1] = xxhash.xxh3_64_intdigest(bytes(tail))
-    sums.tofile(view / "p00000.sums")
+    write_zero_tokens(view, total)
     write_arrow(
         view / "p00000.arrow", {"start": np.array([0]), "n_tokens": np.array([total]), "n_bytes": np.array([total])}
     )

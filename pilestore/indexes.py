@@ -11,13 +11,16 @@ visible by its .json. The files' layout, and how they are read back, is samples.
 from __future__ import annotations
 
 import os
+import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from .index import arrow_table
+from .arrowfile import ArrowFile, create
 from .manifest import read_sealed, write_sealed, writer_lock
 from .samples import (
+    COLUMNS,
     GENERATION_KEY,
     REBUILD,
     SAMPLE_RECORD,
@@ -30,8 +33,11 @@ from .samples import (
 from .shards import file_sha256
 from .splits import in_split
 from .store import Store
+from .token_bytes import PrefixSums
 from .tokens import TokenView
-from .windows import eval_view, train_view
+from .windows import Spans, eval_view, train_view
+
+CHUNK = 1 << 18  # spans (or samples) per step of an index write: its temporaries are ~200 bytes a span
 
 
 def document_table(store: Store) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -59,17 +65,20 @@ def index_shapes(seq_len: int, context: int, packing: str, val_fraction: float |
 
 
 def build_index(view: TokenView, store: Store, shape: IndexShape) -> dict[str, Any]:
-    """Build one index (call under the writer lock)."""
+    """Build one index (call under the writer lock). What it holds while it writes: the windows (25 bytes a span
+    for the eval view), each document's subset id (2 bytes), and a few chunks' temporaries."""
     view.check_build_inputs()
     subset, checksum, names = document_table(store)
     lengths = view.doc_lengths()
     if len(lengths) != len(subset):
         raise ValueError(f"{view.folder}: {len(lengths)} tokenized documents but the store has {len(subset)}")
-    lengths = np.where(in_split(checksum, shape.split, shape.val_fraction), lengths, 0)
+    lengths[~in_split(checksum, shape.split, shape.val_fraction)] = 0
+    del checksum
     if shape.kind == "eval":
         spans = eval_view(lengths, shape.seq_len, shape.context)
     else:
         spans = train_view(lengths, shape.seq_len, shape.context, shape.packing or "bestfit")
+    del lengths
     return write_index(view, shape, spans, subset, names)
 
 
@@ -81,145 +90,53 @@ def build_indexes(
         return [build_index(view, store, shape) for shape in index_shapes(seq_len, context, packing, val_fraction)]
 
 
-def sample_subsets(spans: Any, doc_subset: np.ndarray) -> np.ndarray:
-    """Per sample, the subset of its span with the most target tokens (the first such span on a tie)."""
-    if spans.num_samples == 0:
-        return np.zeros(0, np.int16)
-    order = spans.order()
-    target = spans.target[order].astype(np.int64)
-    begin = spans.span_begin[:-1]
-    most = np.maximum.reduceat(target, begin)
-    counts = np.diff(spans.span_begin)
-    position = np.arange(len(order), dtype=np.int64)
-    first_max = np.minimum.reduceat(np.where(target == np.repeat(most, counts), position, len(order)), begin)
-    return doc_subset[spans.doc[order[first_max]]].astype(np.int16)
-
-
-def span_offsets(view: TokenView, doc: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each span's partition, and its first token's position in that partition's token file."""
-    counts = [len(view.partition(p).n_tokens) for p in range(view.num_partitions)]
-    first_doc = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
-    part = np.searchsorted(first_doc, doc, side="right") - 1
-    offset = np.zeros(len(doc), dtype=np.int64)
-    for p in range(view.num_partitions):
-        mask = part == p
-        offset[mask] = view.partition(p).start[doc[mask] - first_doc[p]] + start[mask]
-    return part, offset
-
-
-def span_bytes(
-    view: TokenView, part: np.ndarray, offset: np.ndarray, context: np.ndarray, target: np.ndarray
-) -> np.ndarray:
-    """Exact UTF-8 bytes covered by each span's target tokens (see the module docstring); part and offset as
-    span_offsets gives them: the sums of the byte lengths before the first target and after the last, read
-    from the .lens files front to back in bounded chunks (TokenView.byte_sums), so a build over many GB of
-    them keeps its memory bounded."""
-    out = np.zeros(len(part), dtype=np.int64)
-    for p in range(view.num_partitions):
-        mask = (part == p) & (target > 0)
-        first = offset[mask] + context[mask]  # first target token in the partition file
-        sums = view.byte_sums(p, np.concatenate((first, first + target[mask])))
-        out[mask] = sums[len(first) :] - sums[: len(first)]
-    return out
-
-
-def _records(pa: Any, records: np.ndarray) -> Any:
-    """A structured numpy array as an Arrow fixed_size_binary column (one record per row) over the same memory:
-    no copy (an index build holds every column at once; a copy of the span records was ~45 bytes a span)."""
-    width = records.dtype.itemsize
-    raw = np.ascontiguousarray(records).view(np.uint8)
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(records), [None, pa.py_buffer(raw)])
-
-
-def _generation(tables: dict[str, Any]) -> str:
-    """A content hash of an index's columns: the same for a byte-identical rebuild, different otherwise."""
-    import xxhash
-
-    hasher = xxhash.xxh3_128()
-    for table in tables.values():
-        for column in table.columns:
-            for chunk in column.chunks:
-                for buffer in chunk.buffers():
-                    if buffer is not None:
-                        hasher.update(memoryview(buffer))
-    return hasher.hexdigest()
-
-
 def write_index(
-    view: TokenView, shape: IndexShape, spans: Any, doc_subset: np.ndarray, subsets: list[str]
+    view: TokenView, shape: IndexShape, spans: Spans, doc_subset: np.ndarray, subsets: list[str], chunk: int = CHUNK
 ) -> dict[str, Any]:
     """Write a Spans (windows.py) with byte counts and subsets as the named index; returns its description.
 
-    doc_subset: the subset id (into `subsets`) of every document of the view, in store order."""
-    import pyarrow as pa
+    doc_subset: the subset id (into `subsets`) of every document of the view, in store order. The files are laid
+    out first, then filled `chunk` spans or samples at a time (arrowfile.py), then given their generation: the
+    memory this takes beyond the Spans is a few chunks', whatever the size of the index."""
+    import xxhash
 
     folder = view.folder / SAMPLES_DIR
     folder.mkdir(exist_ok=True)
-    name, seq_len = shape.name, shape.seq_len
-    span_part, span_offset = span_offsets(view, spans.doc, spans.start)
-    n_bytes = span_bytes(view, span_part, span_offset, spans.context, spans.target)
-    begin = spans.span_begin
-    n_spans = np.diff(begin).astype(np.int32)
-    by_sample = spans.order()
-    sample_bytes = np.add.reduceat(n_bytes[by_sample], begin[:-1]) if len(n_bytes) else np.zeros(0, np.int64)
-    sample_tokens = spans.sample_tokens().astype(np.int32)
-    subset = sample_subsets(spans, doc_subset)
-    by_subset = np.argsort(subset, kind="stable").astype(np.int64)
-    span_records = np.zeros(len(by_sample), SPAN_RECORD)
-    for field in ("doc", "start", "context", "target", "eod"):
-        span_records[field] = getattr(spans, field)[by_sample]
-    span_records["n_bytes"] = n_bytes[by_sample]
-    span_records["subset"] = doc_subset[spans.doc[by_sample]]
-    span_records["offset"] = span_offset[by_sample]
-    sample_records = np.zeros(spans.num_samples, SAMPLE_RECORD)
-    sample_records["span_begin"], sample_records["n_spans"] = begin[:-1], n_spans
-    sample_records["n_tokens"], sample_records["n_bytes"] = sample_tokens, sample_bytes
-    sample_records["check"] = record_checks(sample_records, span_records)
-    tables = {
-        "spans": arrow_table(
-            {
-                "doc": spans.doc.astype(np.int64, copy=False),  # the kernels' int32 where it fits
-                "eod": spans.eod,
-                "start": spans.start.astype(np.int64, copy=False),
-                "context": spans.context,
-                "target": spans.target,
-                "n_bytes": n_bytes,
-                "subset": doc_subset[spans.doc].astype(np.int16),
-                "by_sample": by_sample.astype(np.int64, copy=False),
-            }
-        ),
-        "samples": arrow_table(
-            {
-                "span_begin": begin[:-1],
-                "n_spans": n_spans,
-                "n_tokens": sample_tokens,
-                "n_bytes": sample_bytes,
-                "subset": subset,
-                "by_subset": by_subset,
-                "record": _records(pa, sample_records),
-            }
-        ),
-        "rows": arrow_table({"span": _records(pa, span_records)}),
-    }
-    generation = _generation(tables)
-    files, written = {}, []
-    for part, table in tables.items():
-        table = table.replace_schema_metadata({GENERATION_KEY: generation})
-        path = folder / f"{name}.{part}.arrow"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            with pa.ipc.new_file(fh, table.schema) as writer:
-                writer.write_table(table)
-            os.fsync(fh.fileno())
-        files[path.name] = file_sha256(tmp)
-        written.append((tmp, path))
-    for tmp, path in written:  # all at once, then the .json: readers retry across this short window
-        os.replace(tmp, path)
-    slots = spans.num_samples * (seq_len + 1)
+    documents, several = _document_counts(spans.doc, chunk)  # checks the order the passes rely on
+    placeholder = secrets.token_hex(16)  # as long as the generation (an xxh3_128 hex digest) that replaces it
+    rows = {"spans": len(spans.doc), "samples": spans.num_samples, "rows": len(spans.doc)}
+    paths = {part: folder / f"{shape.name}.{part}.arrow" for part in COLUMNS}
+    files: dict[str, ArrowFile] = {}
+    try:
+        for part, columns in COLUMNS.items():
+            files[part] = create(paths[part].with_suffix(".tmp"), columns, rows[part], {GENERATION_KEY: placeholder})
+        n_bytes = _write_spans(view, spans, doc_subset, files["spans"], chunk)
+        sample_tokens, subset_samples = _write_samples(
+            view, spans, doc_subset, files["spans"].view("n_bytes"), files, len(subsets), chunk
+        )
+        _write_by_subset(files["samples"], subset_samples, chunk)
+        hasher = xxhash.xxh3_128()
+        for file in files.values():
+            file.hash_columns(hasher)
+        generation = hasher.hexdigest()
+        for file in files.values():
+            file.set_metadata(placeholder, generation)
+            file.close()
+    except BaseException:
+        for file in files.values():
+            file.close()
+            file.path.unlink(missing_ok=True)
+        raise
+    checksums = {}
+    for part, file in files.items():
+        checksums[paths[part].name] = file_sha256(file.path)
+    for part, file in files.items():  # all at once, then the .json: readers retry across this short window
+        os.replace(file.path, paths[part])
+    slots = spans.num_samples * (shape.seq_len + 1)
     info = {
-        "name": name,
+        "name": shape.name,
         "kind": shape.kind,
-        "seq_len": seq_len,
+        "seq_len": shape.seq_len,
         "context": shape.context,
         "packing": shape.packing,
         "split": shape.split,
@@ -227,18 +144,165 @@ def write_index(
         "samples": spans.num_samples,
         "spans": len(spans.doc),
         "target_tokens": int(spans.target.sum()),
-        "bytes": int(n_bytes.sum()),
-        "padding_fraction": round(1 - sample_tokens.sum() / slots, 6) if slots else 0,
-        "documents": int(len(np.unique(spans.doc))),
-        "documents_in_several_windows": int((np.bincount(spans.doc) > 1).sum()) if len(spans.doc) else 0,
+        "bytes": n_bytes,
+        "padding_fraction": round(1 - sample_tokens / slots, 6) if slots else 0,
+        "documents": documents,
+        "documents_in_several_windows": several,
         "subsets": list(subsets),
-        "subset_samples": np.bincount(subset, minlength=len(subsets)).tolist(),
-        "sha256": files,
+        "subset_samples": subset_samples.tolist(),
+        "sha256": checksums,
         "generation": generation,
         "view_partitions": view.num_partitions,
     }
-    write_sealed(folder / f"{name}.json", info)
+    write_sealed(folder / f"{shape.name}.json", info)
     return info
+
+
+def _first_docs(view: TokenView) -> np.ndarray:
+    """The global id of each partition's first document, then the number of documents."""
+    counts = [len(view.partition(p).n_tokens) for p in range(view.num_partitions)]
+    return np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
+
+
+def _offsets(view: TokenView, first_doc: np.ndarray, doc: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each span's partition, and its first token's position in that partition's token file."""
+    part = np.searchsorted(first_doc, doc, side="right") - 1
+    offset = np.empty(len(doc), dtype=np.int64)
+    for p in np.unique(part).tolist():
+        mask = part == p
+        offset[mask] = view.partition(p).start[doc[mask] - first_doc[p]] + start[mask]
+    return part, offset
+
+
+def _write_spans(view: TokenView, spans: Spans, doc_subset: np.ndarray, out: ArrowFile, chunk: int) -> int:
+    """The spans file, in document order, `chunk` spans at a time; returns the bytes of all their targets.
+
+    n_bytes of a span: the sum of its target tokens' byte lengths, as the difference of two prefix sums of the
+    partition's .lens file (samples.py). In document order the spans' targets follow each other through every
+    partition, so each .lens file is read once, front to back (token_bytes.PrefixSums)."""
+    first_doc = _first_docs(view)
+    counters: dict[int, PrefixSums] = {}
+    total = 0
+    try:
+        for a in range(0, len(spans.doc), chunk):
+            b = min(a + chunk, len(spans.doc))
+            doc, start, context, target = spans.doc[a:b], spans.start[a:b], spans.context[a:b], spans.target[a:b]
+            part, offset = _offsets(view, first_doc, doc, start)
+            n_bytes = np.zeros(b - a, dtype=np.int64)
+            for p in np.unique(part).tolist():
+                if p not in counters:
+                    for done in counters.values():  # partitions come in order: the earlier ones are finished
+                        done.close()
+                    counters[p] = view.byte_counter(p)
+                mask = (part == p) & (target > 0)
+                first = offset[mask] + context[mask]  # the first target token's position in the partition
+                sums = counters[p].at(np.concatenate((first, first + target[mask])))
+                n_bytes[mask] = sums[len(first) :] - sums[: len(first)]
+            by_sample = spans.by_sample[a:b] if spans.by_sample is not None else np.arange(a, b)
+            columns = {"doc": doc, "eod": spans.eod[a:b], "start": start, "context": context, "target": target,
+                       "n_bytes": n_bytes, "subset": doc_subset[doc], "by_sample": by_sample}  # fmt: skip
+            for name, values in columns.items():
+                out.write(name, a, values.astype(out.dtypes[name], copy=False))
+            total += int(n_bytes.sum())
+    finally:
+        for counter in counters.values():
+            counter.close()
+    return total
+
+
+def _sample_chunks(begin: np.ndarray, chunk: int) -> Iterator[tuple[int, int]]:
+    """(first, end) sample ranges of about `chunk` spans each (at least one sample: a sample holds up to
+    seq_len + 1 spans)."""
+    s0, n = 0, len(begin) - 1
+    while s0 < n:
+        s1 = int(np.searchsorted(begin, begin[s0] + chunk, side="right")) - 1
+        s1 = min(max(s1, s0 + 1), n)
+        yield s0, s1
+        s0 = s1
+
+
+def _write_samples(
+    view: TokenView,
+    spans: Spans,
+    doc_subset: np.ndarray,
+    span_bytes: np.ndarray,
+    files: dict[str, ArrowFile],
+    n_subsets: int,
+    chunk: int,
+) -> tuple[int, np.ndarray]:
+    """The samples file (all but by_subset) and the rows file, in sample order; span_bytes: the spans' n_bytes
+    as written to the spans file. Returns the x-tokens of all samples, and the samples per subset."""
+    first_doc = _first_docs(view)
+    begin = spans.span_begin
+    samples, out_rows = files["samples"], files["rows"]
+    tokens, per_subset = 0, np.zeros(n_subsets, dtype=np.int64)
+    for s0, s1 in _sample_chunks(begin, chunk):
+        lo, hi = int(begin[s0]), int(begin[s1])
+        at = spans.by_sample[lo:hi] if spans.by_sample is not None else np.arange(lo, hi)
+        doc, target = spans.doc[at], spans.target[at]
+        rows = np.zeros(hi - lo, SPAN_RECORD)
+        for field in ("doc", "start", "context", "target", "eod"):
+            rows[field] = getattr(spans, field)[at]
+        rows["n_bytes"] = span_bytes[at]
+        rows["subset"] = doc_subset[doc]
+        rows["offset"] = _offsets(view, first_doc, doc, rows["start"])[1]
+        out_rows.write("span", lo, rows)
+        first = begin[s0:s1] - lo  # each sample's first span, within this chunk's
+        n_spans = np.diff(begin[s0 : s1 + 1])
+        n_tokens = np.add.reduceat(rows["eod"].astype(np.int64) + rows["context"] + rows["target"], first)
+        records = np.zeros(s1 - s0, SAMPLE_RECORD)
+        records["span_begin"], records["n_spans"] = begin[s0:s1], n_spans
+        records["n_tokens"], records["n_bytes"] = n_tokens, np.add.reduceat(rows["n_bytes"], first)
+        records["check"] = record_checks(records, rows, lo)
+        subset = _sample_subsets(target, rows["subset"], first, n_spans)
+        columns = {"span_begin": records["span_begin"], "n_spans": records["n_spans"],
+                   "n_tokens": records["n_tokens"], "n_bytes": records["n_bytes"], "subset": subset,
+                   "record": records}  # fmt: skip
+        for name, values in columns.items():
+            samples.write(name, s0, values.astype(samples.dtypes[name], copy=False))
+        tokens += int(n_tokens.sum())
+        per_subset += np.bincount(subset, minlength=n_subsets)
+    return tokens, per_subset
+
+
+def _sample_subsets(target: np.ndarray, span_subset: np.ndarray, first: np.ndarray, n_spans: np.ndarray) -> np.ndarray:
+    """Per sample, the subset of its span with the most target tokens (the first such span on a tie); the spans
+    in sample order, sample i's from first[i] on (n_spans[i] >= 1 of them)."""
+    target = target.astype(np.int64)
+    most = np.maximum.reduceat(target, first)
+    position = np.arange(len(target), dtype=np.int64)
+    first_max = np.minimum.reduceat(np.where(target == np.repeat(most, n_spans), position, len(target)), first)
+    return span_subset[first_max].astype(np.int16)
+
+
+def _write_by_subset(samples: ArrowFile, per_subset: np.ndarray, chunk: int) -> None:
+    """by_subset: the samples grouped by subset, in sample order within a subset (a stable counting sort of the
+    subset column, read back `chunk` samples at a time)."""
+    at = np.cumsum(per_subset) - per_subset  # where each subset's next sample goes
+    subsets = samples.view("subset")
+    for s0 in range(0, len(subsets), chunk):
+        part = subsets[s0 : s0 + chunk]
+        order = np.argsort(part, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange(len(per_subset) + 1))
+        for s in np.flatnonzero(np.diff(bounds)).tolist():
+            group = order[bounds[s] : bounds[s + 1]]
+            samples.write("by_subset", int(at[s]), group.astype(np.int64) + s0)
+            at[s] += len(group)
+
+
+def _document_counts(doc: np.ndarray, chunk: int) -> tuple[int, int]:
+    """(documents, documents with more than one span) of spans in document order, `chunk` spans at a time."""
+    documents = several = 0
+    for a in range(0, len(doc), chunk):
+        ahead = doc[max(a - 2, 0) : a + chunk]  # with the two spans before: runs that cross chunks count once
+        if (ahead[1:] < ahead[:-1]).any():
+            raise ValueError("the spans of an index must come in document order")
+        new = np.concatenate(([True], ahead[1:] != ahead[:-1]))
+        second = ~new[1:] & new[:-1]  # a run's second span
+        skip = min(a, 2)
+        documents += int(np.count_nonzero(new[skip:]))
+        several += int(np.count_nonzero(second[max(skip - 1, 0) :]))
+    return documents, several
 
 
 def shapes_behind(view: TokenView) -> list[IndexShape]:

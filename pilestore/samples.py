@@ -73,6 +73,14 @@ SCALARS = ("n_bytes", "sample")  # [B]
 RAGGED = ("doc_lengths", "span_bytes", "subset")  # concatenated, then <key>_offsets [B + 1]
 FIELDS = (*FIXED, *SCALARS, *RAGGED)
 
+# The three files' columns, in file order, with their types (a structured dtype: a fixed_size_binary record).
+COLUMNS: dict[str, dict[str, Any]] = {
+    "spans": {"doc": np.int64, "eod": np.uint8, "start": np.int64, "context": np.int32, "target": np.int32,
+              "n_bytes": np.int64, "subset": np.int16, "by_sample": np.int64},
+    "samples": {"span_begin": np.int64, "n_spans": np.int32, "n_tokens": np.int32, "n_bytes": np.int64,
+                "subset": np.int16, "by_subset": np.int64, "record": SAMPLE_RECORD},
+    "rows": {"span": SPAN_RECORD},
+}  # fmt: skip
 GENERATION_KEY = "pilestore.generation"  # in both Arrow files' schema metadata and the .json: they belong together
 IGNORE = -100  # label of a position that is not predicted (PyTorch cross_entropy's ignore_index)
 SAMPLES_DIR = "samples"

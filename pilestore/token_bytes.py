@@ -76,41 +76,73 @@ def read_pairs(path: Path, tokens: int) -> np.ndarray:
 
 
 def prefix_sums(path: Path, pairs: np.ndarray, positions: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
-    """For each position k, the bytes tokens 0..k-1 of the partition cover (k may be the token count).
+    """For each position k, the bytes tokens 0..k-1 of the partition cover (k may be the token count): one
+    PrefixSums call."""
+    with PrefixSums(path, pairs, chunk) as sums:
+        return sums.at(positions)
 
-    The .lens file is read front to back with pread, `chunk` tokens at a time, only as far as the largest
-    position: memory stays bounded and nothing is mapped. Every length byte of 255 must have its pair, and
-    every pair its 255, or the files are damaged."""
-    positions = np.asarray(positions, dtype=np.int64)
-    out = np.empty(len(positions), dtype=np.int64)
-    order = np.argsort(positions, kind="stable")
-    wanted = positions[order]
-    if len(wanted) and wanted[0] < 0:
-        raise ValueError(f"negative token position {int(wanted[0])}")
-    base, lo, i = 0, 0, 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
+
+class PrefixSums:
+    """prefix_sums for positions that never go back from one call of `at` to the next: the .lens file is read
+    front to back once, with pread, `chunk` tokens at a time and only as far as the largest position, however
+    many calls ask. Memory stays bounded and nothing is mapped. Every length byte of 255 must have its pair,
+    and every pair its 255, or the files are damaged."""
+
+    def __init__(self, path: Path, pairs: np.ndarray, chunk: int = 1 << 20) -> None:
+        self.path, self.pairs, self.chunk = path, pairs, chunk
+        self._fd = os.open(path, os.O_RDONLY)
+        self._lo = 0  # the loaded chunk's first token
+        self._base = 0  # bytes of the tokens before it
+        self._summed: np.ndarray | None = None  # bytes of its first 0, 1, ..., all tokens
+
+    def __enter__(self) -> PrefixSums:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        """For each position k (in any order, none before the previous call's smallest chunk), the bytes of
+        tokens 0..k-1."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty(len(positions), dtype=np.int64)
+        order = np.argsort(positions, kind="stable")
+        wanted = positions[order]
+        if len(wanted) and wanted[0] < self._lo:
+            raise ValueError(f"token position {int(wanted[0])} is behind the chunk read (from {self._lo})")
+        i = 0
         while i < len(wanted):
-            data = np.frombuffer(os.pread(fd, chunk, lo), np.uint8)
-            if not len(data) and wanted[i] > lo:
-                raise ByteLengthsError(
-                    f"{path}: {lo} length bytes, fewer than token {int(wanted[-1])} needs: the file is short; "
-                    "run `pilestore verify`"
-                )
-            lengths = exact(data, pairs, lo)
-            escaped = np.count_nonzero(data == ESCAPE)
-            inside = np.searchsorted(pairs[:, 0], (lo, lo + len(data)))
-            if escaped != inside[1] - inside[0] or (data[pairs[inside[0] : inside[1], 0] - lo] != ESCAPE).any():
-                raise ByteLengthsError(
-                    f"{path}: the length bytes of tokens {lo}..{lo + len(data)} and the pairs in "
-                    f"{path.with_suffix('.long')} disagree: a file is damaged; run `pilestore verify`"
-                )
-            summed = np.concatenate(([0], np.cumsum(lengths)))
-            j = int(np.searchsorted(wanted, lo + len(data), side="right"))
-            out[order[i:j]] = base + summed[wanted[i:j] - lo]
-            base += int(summed[-1])
-            lo += len(data)
+            if self._summed is None or wanted[i] > self._lo + len(self._summed) - 1:
+                self._next(int(wanted[i]))
+                continue
+            j = int(np.searchsorted(wanted, self._lo + len(self._summed) - 1, side="right"))
+            out[order[i:j]] = self._base + self._summed[wanted[i:j] - self._lo]
             i = j
-    finally:
-        os.close(fd)
-    return out
+        return out
+
+    def _next(self, needed: int) -> None:
+        """Load the chunk after the loaded one (the first at the start); `needed` is the position asked for."""
+        if self._summed is not None:
+            self._base += int(self._summed[-1])
+            self._lo += len(self._summed) - 1
+        lo = self._lo
+        data = np.frombuffer(os.pread(self._fd, self.chunk, lo), np.uint8)
+        if not len(data) and needed > lo:
+            raise ByteLengthsError(
+                f"{self.path}: {lo} length bytes, fewer than token {needed} needs: the file is short; "
+                "run `pilestore verify`"
+            )
+        pairs = self.pairs
+        escaped = np.count_nonzero(data == ESCAPE)
+        inside = np.searchsorted(pairs[:, 0], (lo, lo + len(data)))
+        if escaped != inside[1] - inside[0] or (data[pairs[inside[0] : inside[1], 0] - lo] != ESCAPE).any():
+            raise ByteLengthsError(
+                f"{self.path}: the length bytes of tokens {lo}..{lo + len(data)} and the pairs in "
+                f"{self.path.with_suffix('.long')} disagree: a file is damaged; run `pilestore verify`"
+            )
+        self._summed = np.concatenate(([0], np.cumsum(exact(data, pairs, lo))))

@@ -368,10 +368,10 @@ class TokenView:
         lengths = part.lengths[begin : begin + int(part.n_tokens[doc])]
         return token_bytes.byte_ends(lengths, self.long_pairs(p), begin)
 
-    def byte_sums(self, p: int, positions: np.ndarray) -> np.ndarray:
-        """For each position k of partition p's tokens, the bytes its tokens 0..k-1 cover (token_bytes.py): the
-        .lens file is read front to back in bounded chunks, never mapped."""
-        return token_bytes.prefix_sums(self.folder / f"p{p:05d}.lens", self.long_pairs(p), positions)
+    def byte_counter(self, p: int) -> token_bytes.PrefixSums:
+        """For positions k of partition p's tokens that rise from call to call, the bytes its tokens 0..k-1 cover
+        (token_bytes.py): the .lens file is read front to back once, in bounded chunks, never mapped."""
+        return token_bytes.PrefixSums(self.folder / f"p{p:05d}.lens", self.long_pairs(p))
 
     def check_build_inputs(self) -> None:
         """Before an index build: the document tables and byte lengths it reads match their recorded xxh3."""

@@ -53,6 +53,11 @@ def test_lengths_round_trip_and_sum_exactly(docs: list[list[int]], batches: int,
         prefix = np.concatenate(([0], np.cumsum(flat)))
         positions = np.array([rnd.randint(0, len(flat)) for _ in range(30)] + [len(flat), 0], dtype=np.int64)
         assert token_bytes.prefix_sums(lens, pairs, positions, chunk=chunk).tolist() == prefix[positions].tolist()
+        # rising positions asked a few at a time, as an index build asks span by span: one pass over the file
+        rising = np.sort(positions)
+        with token_bytes.PrefixSums(lens, pairs, chunk) as sums:
+            got = [sums.at(part) for part in np.array_split(rising, rnd.randint(1, 5))]
+        assert np.concatenate(got).tolist() == prefix[rising].tolist()
 
 
 def test_a_short_file_and_disagreeing_pairs_are_named(tmp_path: Path) -> None:
@@ -60,6 +65,10 @@ def test_a_short_file_and_disagreeing_pairs_are_named(tmp_path: Path) -> None:
     assert pairs.tolist() == [[1, 300], [5, 999]]
     with pytest.raises(ByteLengthsError, match=r"p.lens: 6 length bytes, fewer than token 9 needs"):
         token_bytes.prefix_sums(lens, pairs, np.array([2, 9]))
+    with token_bytes.PrefixSums(lens, pairs, chunk=2) as sums:
+        assert sums.at(np.array([4, 5])).tolist() == [306, 307]
+        with pytest.raises(ValueError, match="token position 1 is behind the chunk read"):
+            sums.at(np.array([1]))  # the file is not read again from its start
     with pytest.raises(ByteLengthsError, match="p.lens: the length bytes of tokens 0..6 and the pairs in .*p.long"):
         token_bytes.prefix_sums(lens, pairs[:1], np.array([6]))  # a 255 without its pair
     data = bytearray(lens.read_bytes())

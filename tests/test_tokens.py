@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -161,6 +162,41 @@ def test_index_files_are_byte_identical_when_rebuilt(view: TokenView, small_stor
     first = [p.read_bytes() for p in paths]
     build_index(view, pilestore.open(small_store), IndexShape("train", 64, 16, "bestfit"))
     assert [p.read_bytes() for p in paths] == first
+
+
+def test_index_files_written_in_chunks_of_any_size_are_the_same_files(view: TokenView, small_store: Path) -> None:
+    """write_index fills its files a chunk of spans or samples at a time: chunk ends anywhere (inside a document's
+    windows, inside a sample's spans, at a partition's end) give the same bytes, generation and description."""
+    from pilestore.indexes import document_table, write_index
+    from pilestore.windows import eval_view, train_view
+
+    subset, _, names = document_table(pilestore.open(small_store))
+    lengths = view.doc_lengths()
+    folder = view.folder / "samples"
+    for shape, spans in (
+        (IndexShape("train", 256, 64, "bestfit"), train_view(lengths, 256, 64)),
+        (IndexShape("eval", 256, 64, None), eval_view(lengths, 256, 64)),
+    ):
+        whole = write_index(view, shape, spans, subset, names)
+        files = {p.name: p.read_bytes() for p in folder.glob(f"{shape.name}.*")}
+        assert len(files) == 4 and whole["spans"] > 1000
+        for chunk in (1, 5, 333):
+            assert write_index(view, shape, spans, subset, names, chunk=chunk) == whole
+            assert {p.name: p.read_bytes() for p in folder.glob(f"{shape.name}.*")} == files, chunk
+    backwards = dataclasses.replace(spans, doc=spans.doc[::-1].copy())
+    with pytest.raises(ValueError, match="must come in document order"):
+        write_index(view, shape, backwards, subset, names)
+
+
+def test_an_index_of_no_samples_opens_empty(view: TokenView, small_store: Path) -> None:
+    """A held-out split that no document falls into (a tiny --val-fraction on a small store) gives an index of
+    0 samples that opens: its files hold one empty record batch (they used to hold none, and were refused)."""
+    info = build_index(view, pilestore.open(small_store), IndexShape("eval", 64, 16, None, "val", 1e-9))
+    assert info["samples"] == info["spans"] == info["documents"] == 0
+    index = SampleIndex(view, info["name"])
+    assert len(index) == 0
+    with pytest.raises(IndexError):
+        index[0]
 
 
 def test_samples_read_back_as_shifted_inputs_and_labels(view: TokenView, small_store: Path) -> None:

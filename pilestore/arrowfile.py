@@ -1,7 +1,7 @@
 """One-batch Arrow IPC files written in place, a chunk at a time: memory stays bounded whatever their size.
 
-    create(path, {name: dtype}, rows, {key: placeholder})   pyarrow writes the file's whole layout, columns of
-                                                            zeros (read from a mapping never written: no RAM)
+    create(path, {name: dtype}, rows, {key: placeholder})   pyarrow writes the file's whole layout; its columns
+                                                            of zeros are left as holes (no memory, no writes)
     .write(name, first_row, values)                         a chunk of a column, straight into the file (pwrite)
     .view(name)                                             a column read back, memory-mapped (what was written)
     .hash_columns(hasher) / .set_metadata(key, value)       the columns' bytes in order; the placeholder replaced
@@ -32,6 +32,47 @@ def _zeros(dtype: np.dtype, rows: int, zeros: mmap.mmap) -> pa.Array:
     if dtype.names is not None:
         return pa.FixedSizeBinaryArray.from_buffers(pa.binary(dtype.itemsize), rows, [None, buffer])
     return pa.Array.from_buffers(pa.from_numpy_dtype(dtype), rows, [None, buffer])
+
+
+class _Sink:
+    """The file object pyarrow writes to in create(): the columns' zeros, which it hands over as buffers of the
+    zero mapping, become a hole in the file (skipped, not read: reading them would map a page of memory each),
+    and every other byte (the schema, the batch's metadata, padding, the footer) is written."""
+
+    def __init__(self, path: Path, zeros: pa.Buffer) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._zeros = (zeros.address, zeros.address + zeros.size)
+        self._at = 0
+        self.closed = False
+
+    def __enter__(self) -> _Sink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, data: Any) -> int:
+        size = memoryview(data).nbytes
+        if isinstance(data, pa.Buffer) and self._zeros[0] <= data.address < self._zeros[1]:
+            self._at += size  # zeros: a hole
+            return size
+        view = memoryview(data).cast("B")
+        while len(view):
+            done = os.pwrite(self._fd, view, self._at)
+            view, self._at = view[done:], self._at + done
+        return size
+
+    def tell(self) -> int:
+        return self._at
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if not self.closed:
+            os.ftruncate(self._fd, self._at)  # the file's length, should it end in a hole
+            os.close(self._fd)
+            self.closed = True
 
 
 class ArrowFile:
@@ -134,7 +175,7 @@ def create(path: Path, dtypes: Mapping[str, Any], rows: int, metadata: Mapping[s
     zeros = mmap.mmap(-1, max(1, rows * max(d.itemsize for d in dtypes.values())))
     batch = pa.RecordBatch.from_arrays([_zeros(d, rows, zeros) for d in dtypes.values()], names=list(dtypes))
     schema = batch.schema.with_metadata(dict(metadata))
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+    with _Sink(path, pa.py_buffer(zeros)) as sink, pa.ipc.new_file(pa.PythonFile(sink, mode="w"), schema) as writer:
         writer.write_batch(batch.replace_schema_metadata(schema.metadata))
     del batch
     zeros.close()

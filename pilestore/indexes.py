@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,15 @@ from .windows import Spans, eval_view, train_view
 
 CHUNK = 1 << 18  # spans (or samples) per step of an index write: its temporaries are ~200 bytes a span
 
+StageCallback = Callable[[str, int | None, str], Callable[[int], None]]
+"""start(label, total, unit) -> advance(n): a build's stages, each labelled with its index's name: "windows"
+(total None: no known end), "spans" (total: spans, advanced as they are written), "samples" (likewise), then
+"checksums" (None)."""
+
+
+def _no_stages(label: str, total: int | None, unit: str) -> Callable[[int], None]:
+    return lambda n: None
+
 
 def document_table(store: Store) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Per document in store order: its subset id (into the returned names) and its text checksum."""
@@ -64,7 +73,9 @@ def index_shapes(seq_len: int, context: int, packing: str, val_fraction: float |
     ]
 
 
-def build_index(view: TokenView, store: Store, shape: IndexShape) -> dict[str, Any]:
+def build_index(
+    view: TokenView, store: Store, shape: IndexShape, on_stage: StageCallback = _no_stages
+) -> dict[str, Any]:
     """Build one index (call under the writer lock). What it holds while it writes: the windows (25 bytes a span
     for the eval view), each document's subset id (2 bytes), and a few chunks' temporaries."""
     view.check_build_inputs()
@@ -74,24 +85,38 @@ def build_index(view: TokenView, store: Store, shape: IndexShape) -> dict[str, A
         raise ValueError(f"{view.folder}: {len(lengths)} tokenized documents but the store has {len(subset)}")
     lengths[~in_split(checksum, shape.split, shape.val_fraction)] = 0
     del checksum
+    on_stage(f"{shape.name}: windows", None, "")
     if shape.kind == "eval":
         spans = eval_view(lengths, shape.seq_len, shape.context)
     else:
         spans = train_view(lengths, shape.seq_len, shape.context, shape.packing or "bestfit")
     del lengths
-    return write_index(view, shape, spans, subset, names)
+    return write_index(view, shape, spans, subset, names, on_stage=on_stage)
 
 
 def build_indexes(
-    view: TokenView, store: Store, seq_len: int, context: int, packing: str, val_fraction: float | None = None
+    view: TokenView,
+    store: Store,
+    seq_len: int,
+    context: int,
+    packing: str,
+    val_fraction: float | None = None,
+    on_stage: StageCallback = _no_stages,
 ) -> list[dict[str, Any]]:
     """The eval and train indexes for these options, written under the store's writer lock."""
+    shapes = index_shapes(seq_len, context, packing, val_fraction)
     with writer_lock(store.path):
-        return [build_index(view, store, shape) for shape in index_shapes(seq_len, context, packing, val_fraction)]
+        return [build_index(view, store, shape, on_stage) for shape in shapes]
 
 
 def write_index(
-    view: TokenView, shape: IndexShape, spans: Spans, doc_subset: np.ndarray, subsets: list[str], chunk: int = CHUNK
+    view: TokenView,
+    shape: IndexShape,
+    spans: Spans,
+    doc_subset: np.ndarray,
+    subsets: list[str],
+    chunk: int = CHUNK,
+    on_stage: StageCallback = _no_stages,
 ) -> dict[str, Any]:
     """Write a Spans (windows.py) with byte counts and subsets as the named index; returns its description.
 
@@ -110,10 +135,13 @@ def write_index(
     try:
         for part, columns in COLUMNS.items():
             files[part] = create(paths[part].with_suffix(".tmp"), columns, rows[part], {GENERATION_KEY: placeholder})
-        n_bytes = _write_spans(view, spans, doc_subset, files["spans"], chunk)
+        advance = on_stage(f"{shape.name}: spans", rows["spans"], "spans")
+        n_bytes = _write_spans(view, spans, doc_subset, files["spans"], chunk, advance)
+        advance = on_stage(f"{shape.name}: samples", rows["samples"], "samples")
         sample_tokens, subset_samples = _write_samples(
-            view, spans, doc_subset, files["spans"].view("n_bytes"), files, len(subsets), chunk
+            view, spans, doc_subset, files["spans"].view("n_bytes"), files, len(subsets), chunk, advance
         )
+        on_stage(f"{shape.name}: checksums", None, "")
         _write_by_subset(files["samples"], subset_samples, chunk)
         hasher = xxhash.xxh3_128()
         for file in files.values():
@@ -174,7 +202,9 @@ def _offsets(view: TokenView, first_doc: np.ndarray, doc: np.ndarray, start: np.
     return part, offset
 
 
-def _write_spans(view: TokenView, spans: Spans, doc_subset: np.ndarray, out: ArrowFile, chunk: int) -> int:
+def _write_spans(
+    view: TokenView, spans: Spans, doc_subset: np.ndarray, out: ArrowFile, chunk: int, advance: Callable[[int], None]
+) -> int:
     """The spans file, in document order, `chunk` spans at a time; returns the bytes of all their targets.
 
     n_bytes of a span: the sum of its target tokens' byte lengths, as the difference of two prefix sums of the
@@ -204,6 +234,7 @@ def _write_spans(view: TokenView, spans: Spans, doc_subset: np.ndarray, out: Arr
             for name, values in columns.items():
                 out.write(name, a, values.astype(out.dtypes[name], copy=False))
             total += int(n_bytes.sum())
+            advance(b - a)
     finally:
         for counter in counters.values():
             counter.close()
@@ -229,6 +260,7 @@ def _write_samples(
     files: dict[str, ArrowFile],
     n_subsets: int,
     chunk: int,
+    advance: Callable[[int], None],
 ) -> tuple[int, np.ndarray]:
     """The samples file (all but by_subset) and the rows file, in sample order; span_bytes: the spans' n_bytes
     as written to the spans file. Returns the x-tokens of all samples, and the samples per subset."""
@@ -262,6 +294,7 @@ def _write_samples(
             samples.write(name, s0, values.astype(samples.dtypes[name], copy=False))
         tokens += int(n_tokens.sum())
         per_subset += np.bincount(subset, minlength=n_subsets)
+        advance(s1 - s0)
     return tokens, per_subset
 
 
@@ -316,7 +349,7 @@ def shapes_behind(view: TokenView) -> list[IndexShape]:
     return shapes
 
 
-def rebuild_behind(view: TokenView, store: Store) -> list[dict[str, Any]]:
+def rebuild_behind(view: TokenView, store: Store, on_stage: StageCallback = _no_stages) -> list[dict[str, Any]]:
     """Rebuild every index of the view that is behind it (after tokenize added partitions), under the lock."""
     with writer_lock(store.path):
-        return [build_index(view, store, shape) for shape in shapes_behind(view)]
+        return [build_index(view, store, shape, on_stage) for shape in shapes_behind(view)]

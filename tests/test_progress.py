@@ -64,11 +64,11 @@ CASES = {  # command: what its progress display holds
     ),
     "tokenize": (
         ["tokenize", "--store", "u.store", "--tokenizer", "tok.model", "--seq-len", "128", "--context", "32"],
-        ["tokenize", "/900", "docs/s", "building sample indexes"],
+        ["tokenize", "/900", "docs/s", "eval-L128-C32: windows", "eval-L128-C32: spans", "spans/s", "samples/s"],
     ),
     "index": (
         ["index", "--store", "s.store", "--seq-len", "64", "--context", "16"],
-        ["building sample indexes"],
+        ["eval-L64-C16: spans", "spans/s", "train-L64-C16-bestfit: samples", "samples/s", "bestfit: checksums"],
     ),
     "merge": (["merge", "s.store", "--store", "merged.store"], ["merging 1 store (files linked"]),
     "verify": (["verify", "--store", "s.store"], ["verify", "900/900", "docs/s"]),
@@ -115,3 +115,26 @@ def test_train_tokenizer_reports_reading_each_sampled_document_then_training(sma
     result = train_tokenizer(pilestore.open(small_store), tmp_path / "t.model", settings, on_stage=on_stage)
     assert calls == [("sample", 250), ("train", None)] and result["documents"] == 250
     assert read == [1] * 250
+
+
+def test_an_index_build_reports_its_stages_and_every_span_and_sample(work: Path) -> None:
+    from pilestore.indexes import build_indexes
+    from pilestore.tokens import TokenView
+
+    store = pilestore.open(work / "s.store")
+    view = TokenView(next((work / "s.store" / "tokens").iterdir()))
+    calls: list[tuple[str, int | None, str]] = []
+    done: dict[str, int] = {}
+
+    def on_stage(label: str, total: int | None, unit: str):  # noqa: ANN202
+        calls.append((label, total, unit))
+        return lambda n: done.__setitem__(label, done.get(label, 0) + n)
+
+    infos = build_indexes(view, store, 48, 8, "greedy", on_stage=on_stage)
+    expected = []
+    for info in infos:
+        name = info["name"]
+        expected += [(f"{name}: windows", None, ""), (f"{name}: spans", info["spans"], "spans"),
+                     (f"{name}: samples", info["samples"], "samples"), (f"{name}: checksums", None, "")]  # fmt: skip
+        assert done[f"{name}: spans"] == info["spans"] and done[f"{name}: samples"] == info["samples"]
+    assert calls == expected and [info["name"] for info in infos] == ["eval-L48-C8", "train-L48-C8-greedy"]

@@ -193,9 +193,9 @@ def tokenize(
             store, tokenizer_path, threads=workers, on_docs=advance, executor=executor, address=address
         )
     view = TokenView(Path(result["view"]))
-    with ui.working("building sample indexes"):
-        infos = build_indexes(view, store, seq_len, context, packing, val_fraction)
-        infos += rebuild_behind(view, store)  # the view's other indexes, made before this run added partitions
+    with ui.stages() as start:
+        infos = build_indexes(view, store, seq_len, context, packing, val_fraction, on_stage=start)
+        infos += rebuild_behind(view, store, start)  # the view's other indexes, made before this run added partitions
     subsets = subset_stats(store, view)
     if json_output:
         ui.emit_json({**{k: v for k, v in result.items() if k != "partitions"}, "subsets": subsets, "indexes": infos})
@@ -253,8 +253,9 @@ def index(
     check_shape(seq_len, context)
     ui = Ui(json_output=json_output, quiet=quiet)
     store = open_store(store_dir)
-    with ui.working("building sample indexes"):
-        infos = build_indexes(find_view(store, tokenizer_path), store, seq_len, context, packing, val_fraction)
+    with ui.stages() as start:
+        view = find_view(store, tokenizer_path)
+        infos = build_indexes(view, store, seq_len, context, packing, val_fraction, on_stage=start)
     if json_output:
         ui.emit_json(infos)
     else:

@@ -31,13 +31,17 @@ from rich.text import Text
 
 
 class DocsPerSecond(ProgressColumn):
-    """Documents per second, from a `docs` field on the task."""
+    """Documents (or another `unit`) per second, from a `docs` field on the task, else its completed count."""
+
+    def __init__(self, unit: str = "docs") -> None:
+        super().__init__()
+        self.unit = unit
 
     def render(self, task: Task) -> Text:
         elapsed = task.elapsed or 0
         docs = task.fields.get("docs", task.completed)
         rate = docs / elapsed if elapsed > 0 else 0
-        return Text(f"{rate:,.0f} docs/s", style="progress.data.speed")
+        return Text(f"{rate:,.0f} {self.unit}/s", style="progress.data.speed")
 
 
 def subset_table(title: str, subsets: dict[str, dict[str, Any]], total: dict[str, Any] | None = None) -> Table:
@@ -97,8 +101,8 @@ class Ui:
             yield (lambda total: progress.update(task, total=total)), advance
 
     @contextmanager
-    def docs_progress(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
-        """advance(docs) for work measured in documents."""
+    def docs_progress(self, label: str, total: int, unit: str = "docs") -> Iterator[Callable[[int], None]]:
+        """advance(n) for work measured in documents (or spans, samples: `unit`)."""
         if not self.show_progress:
             yield lambda n: None
             return
@@ -106,7 +110,7 @@ class Ui:
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            DocsPerSecond(),
+            DocsPerSecond(unit),
             TimeRemainingColumn(),
         )
         with Progress(*columns, console=self.err, transient=True) as progress:
@@ -125,14 +129,14 @@ class Ui:
             yield
 
     @contextmanager
-    def stages(self) -> Iterator[Callable[[str, int | None], Callable[[int], None]]]:
-        """start(label, total) -> advance(docs): work in stages, each shown in place of the one before it
-        (docs_progress for a total, working() for None). start may be called from another thread; once this
+    def stages(self) -> Iterator[Callable[..., Callable[[int], None]]]:
+        """start(label, total, unit="docs") -> advance(n): work in stages, each shown in place of the one before
+        it (docs_progress for a total, working() for None). start may be called from another thread; once this
         context has ended (Ctrl-C while that thread works on), it shows nothing more."""
         lock, shown = threading.Lock(), ExitStack()
         ended = False
 
-        def start(label: str, total: int | None) -> Callable[[int], None]:
+        def start(label: str, total: int | None, unit: str = "docs") -> Callable[[int], None]:
             with lock:
                 shown.close()
                 if ended:
@@ -140,7 +144,7 @@ class Ui:
                 if total is None:
                     shown.enter_context(self.working(label))
                     return lambda n: None
-                return shown.enter_context(self.docs_progress(label, total))
+                return shown.enter_context(self.docs_progress(label, total, unit))
 
         try:
             yield start

@@ -26,8 +26,8 @@ import pyarrow as pa
 
 
 def _zeros(dtype: np.dtype, rows: int, zeros: mmap.mmap) -> pa.Array:
-    """A column of `rows` zeros over `zeros`, an anonymous mapping that is never written: reading it maps the
-    kernel's zero page, so writing a file of any size from it takes no memory."""
+    """A column of `rows` zeros over `zeros`, an anonymous mapping that is neither written nor read (_Sink makes
+    holes of it), so laying out a file of any size takes no memory."""
     buffer = pa.py_buffer(zeros)[: rows * dtype.itemsize]
     if dtype.names is not None:
         return pa.FixedSizeBinaryArray.from_buffers(pa.binary(dtype.itemsize), rows, [None, buffer])
@@ -175,16 +175,22 @@ def create(path: Path, dtypes: Mapping[str, Any], rows: int, metadata: Mapping[s
     zeros = mmap.mmap(-1, max(1, rows * max(d.itemsize for d in dtypes.values())))
     batch = pa.RecordBatch.from_arrays([_zeros(d, rows, zeros) for d in dtypes.values()], names=list(dtypes))
     schema = batch.schema.with_metadata(dict(metadata))
-    with _Sink(path, pa.py_buffer(zeros)) as sink, pa.ipc.new_file(pa.PythonFile(sink, mode="w"), schema) as writer:
-        writer.write_batch(batch.replace_schema_metadata(schema.metadata))
-    del batch
-    zeros.close()
-    with pa.memory_map(str(path)) as source:
-        base = source.read_buffer(1).address
-        source.seek(0)
-        written = pa.ipc.open_file(source).get_batch(0)
-        places = {
-            name: written.column(name).buffers()[1].address - base if rows else 0 for name in dtypes
-        }  # fmt: skip
-        del written
-    return ArrowFile(path, dtypes, rows, places)
+    try:
+        with _Sink(path, pa.py_buffer(zeros)) as sink, pa.ipc.new_file(pa.PythonFile(sink, mode="w"), schema) as out:
+            out.write_batch(batch.replace_schema_metadata(schema.metadata))
+        del batch
+        with pa.memory_map(str(path)) as source:
+            base = source.read_buffer(1).address
+            source.seek(0)
+            written = pa.ipc.open_file(source).get_batch(0)
+            places = {name: written.column(name).buffers()[1].address - base if rows else 0 for name in dtypes}
+            del written
+        return ArrowFile(path, dtypes, rows, places)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    finally:
+        try:
+            zeros.close()
+        except BufferError:  # pyarrow still refers to it: unmapped when that goes
+            pass

@@ -10,6 +10,7 @@ visible by its .json. The files' layout, and how they are read back, is samples.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -151,8 +152,9 @@ def write_index(
             file.set_metadata(placeholder, generation)
             file.close()
     except BaseException:
-        for file in files.values():
-            file.close()
+        for file in files.values():  # nothing of a failed build is left behind
+            with contextlib.suppress(OSError):
+                file.close()
             file.path.unlink(missing_ok=True)
         raise
     checksums = {}

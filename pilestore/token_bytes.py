@@ -107,12 +107,14 @@ class PrefixSums:
             self._fd = -1
 
     def at(self, positions: np.ndarray) -> np.ndarray:
-        """For each position k (in any order, none before the previous call's smallest chunk), the bytes of
-        tokens 0..k-1."""
+        """For each position k (in any order within a call, none before the chunk the previous call ended in), the
+        bytes of tokens 0..k-1."""
         positions = np.asarray(positions, dtype=np.int64)
         out = np.empty(len(positions), dtype=np.int64)
         order = np.argsort(positions, kind="stable")
         wanted = positions[order]
+        if len(wanted) and wanted[0] < 0:
+            raise ValueError(f"negative token position {int(wanted[0])}")
         if len(wanted) and wanted[0] < self._lo:
             raise ValueError(f"token position {int(wanted[0])} is behind the chunk read (from {self._lo})")
         i = 0

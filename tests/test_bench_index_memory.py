@@ -21,4 +21,4 @@ def test_the_index_memory_benchmark_measures_both_views(tmp_path: Path) -> None:
     for row in rows:
         assert row["spans"] > 3000  # Pile-like lengths: some documents have several windows
         assert row["files_per_span"] > 100 and row["windows_numpy_peak_per_span"] > 0
-        assert row["build_max_rss_mb"] >= row["windows_max_rss_mb"] > 0
+        assert row["build_max_rss_mb"] > 0 and row["windows_max_rss_mb"] > 0  # (two processes: no order)

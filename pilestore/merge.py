@@ -22,7 +22,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .build import INDEX_FILE, PARTITION_FILE
@@ -32,6 +32,9 @@ from .manifest import STAGING_DIR, read_or_empty, read_sealed, writer_lock
 from .shards import file_sha256
 from .store import Store
 from .tokens import FILES, TOKENS_DIR, VIEW_FILE
+
+if TYPE_CHECKING:
+    from .indexes import StageCallback
 
 ENTRY_KEYS_NOT_COPIED = ("id", "file", "index", "pilestore_version")
 
@@ -65,8 +68,9 @@ def _shared_views(stores: Sequence[Store]) -> list[str]:
     return [by_sha[0][sha] for sha in sorted(common)]
 
 
-def merge(sources: Sequence[Path], target: Path) -> dict[str, Any]:
-    """Add every partition of the source stores to `target` (created if needed); returns what was done."""
+def merge(sources: Sequence[Path], target: Path, on_stage: StageCallback | None = None) -> dict[str, Any]:
+    """Add every partition of the source stores to `target` (created if needed); returns what was done.
+    on_stage: the progress of the sample indexes it rebuilds (indexes.StageCallback)."""
     from . import open as open_store
 
     stores = [open_store(Path(s)) for s in sources]
@@ -96,7 +100,7 @@ def merge(sources: Sequence[Path], target: Path) -> dict[str, Any]:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     merged = open_store(target)
-    views = [_merge_view(name, added, merged) for name in _shared_views(stores)] if added else []
+    views = [_merge_view(name, added, merged, on_stage) for name in _shared_views(stores)] if added else []
     return {
         "store": str(target),
         "partitions_added": len(added),
@@ -106,10 +110,12 @@ def merge(sources: Sequence[Path], target: Path) -> dict[str, Any]:
     }
 
 
-def _merge_view(name: str, added: list[tuple[Store, int, int]], merged: Store) -> dict[str, Any]:
+def _merge_view(
+    name: str, added: list[tuple[Store, int, int]], merged: Store, on_stage: StageCallback | None
+) -> dict[str, Any]:
     """Carry one tokenized view's files into the merged store, complete it and rebuild its sample indexes (the
     sources' shapes, and the target's own that the new partitions put behind)."""
-    from .indexes import build_index, shapes_behind
+    from .indexes import _no_stages, build_index, shapes_behind
     from .samples import SAMPLES_DIR, IndexShape
     from .tokens import TokenView, tokenize
 
@@ -126,10 +132,11 @@ def _merge_view(name: str, added: list[tuple[Store, int, int]], merged: Store) -
     result = tokenize(merged, folder / "tokenizer.model")  # every partition is done: writes view.json only
     view = TokenView(folder)
     rebuilt = []
+    stages = on_stage or _no_stages
     with writer_lock(merged.path):
         for info_file in sorted((any_source / SAMPLES_DIR).glob("*.json")):
             info = read_sealed(info_file, "rebuild the source's index with `pilestore index`")
-            rebuilt.append(build_index(view, merged, IndexShape.of(info))["name"])
+            rebuilt.append(build_index(view, merged, IndexShape.of(info), stages)["name"])
         for shape in shapes_behind(view):  # the target's own indexes of other shapes, built before the merge
-            rebuilt.append(build_index(view, merged, shape)["name"])
+            rebuilt.append(build_index(view, merged, shape, stages)["name"])
     return {"view": name, "tokens": result["tokens"], "indexes": rebuilt}

@@ -13,6 +13,7 @@ from pilestore.cli import cli
 from pilestore.export import export
 from pilestore.indexes import build_indexes
 from pilestore.ingest import ingest
+from pilestore.merge import merge
 from pilestore.samples import SampleIndex
 from pilestore.tokens import TokenView, tokenize
 from pilestore.verify import verify
@@ -111,6 +112,14 @@ def test_merging_into_a_tokenized_store_rebuilds_its_own_indexes_too(
     assert result.exit_code == 0, result.output
     rebuilt = json.loads(result.output)["views"][0]["indexes"]
     assert sorted(rebuilt) == ["eval-L32-C8", "eval-L64-C16", "train-L32-C8-greedy", "train-L64-C16-bestfit"]
+    stages: list[str] = []  # merging again (into a new store) reports each index it rebuilds
+
+    def on_stage(label: str, total: int | None, unit: str):  # noqa: ANN202
+        stages.append(label)
+        return lambda n: None
+
+    merge([stores[0]], tmp_path / "c.store", on_stage=on_stage)
+    assert [s.removesuffix(": windows") for s in stages if s.endswith(": windows")] == sorted(rebuilt)
     view = TokenView(view.folder)
     for name in rebuilt:  # each opens (none is behind) and holds documents of both sources
         index = SampleIndex(view, name)

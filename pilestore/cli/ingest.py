@@ -112,8 +112,9 @@ def merge(sources: tuple[Path, ...], store_dir: Path, json_output: bool, quiet: 
 
     ui = Ui(json_output=json_output, quiet=quiet)
     stores = f"{len(sources)} store{'s' if len(sources) > 1 else ''}"
-    with ui.working(f"merging {stores} (files linked or copied, then checked; indexes rebuilt)"):
-        result = run_merge(list(sources), store_dir)
+    with ui.stages() as start:  # the files, then each sample index rebuilt
+        start(f"merging {stores} (files linked or copied, then checked)", None)
+        result = run_merge(list(sources), store_dir, on_stage=start)
     if json_output:
         ui.emit_json(result)
         return

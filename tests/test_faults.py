@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -156,3 +157,27 @@ def test_32_readers_stay_consistent_while_a_partition_is_added_and_tokenized(
     assert (len(lines), samples_after) in seen, seen  # every reader's last round started after the writer was done
     assert not any(p.name.endswith((".lock", "-wal", "-shm", "-journal")) for p in (store / "partitions").iterdir())
     assert os.path.exists(store / "manifest.json") and len(pilestore.open(store)) == len(lines)
+
+
+def test_a_full_disk_fails_an_index_build_and_leaves_the_view_as_it_was(
+    small_store: Path, model: Path, tmp_path: Path
+) -> None:
+    """The index files are laid out at their full size first: a disk too small fails there or while they are
+    filled, with one line naming the file; no temporary file is left and the view's indexes are unchanged."""
+    import shutil
+
+    store = tmp_path / "copy.store"
+    shutil.copytree(small_store, store, ignore=shutil.ignore_patterns("tokens"))
+    first = cli("tokenize", "--store", str(store), "--tokenizer", str(model), "--seq-len", "64", "--context", "16")
+    assert first.returncode == 0, first.stderr
+    samples = next((store / "tokens").glob("*/samples"))
+    before = {p.name: p.read_bytes() for p in samples.iterdir()}
+    largest = max(len(data) for data in before.values())
+    done = cli("index", "--store", str(store), "--seq-len", "16", "--context", "4", max_bytes=largest)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and re.search(
+        r"samples/eval-L16-C4\.\w+\.tmp: File too large", done.stderr
+    ), done.stderr
+    assert {p.name: p.read_bytes() for p in samples.iterdir()} == before  # nothing added, nothing left behind
+    again = cli("index", "--store", str(store), "--seq-len", "16", "--context", "4")
+    assert again.returncode == 0, again.stderr

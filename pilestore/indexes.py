@@ -273,13 +273,12 @@ def _write_samples(
     for s0, s1 in _sample_chunks(begin, chunk):
         lo, hi = int(begin[s0]), int(begin[s1])
         at = spans.by_sample[lo:hi] if spans.by_sample is not None else np.arange(lo, hi)
-        doc, target = spans.doc[at], spans.target[at]
         rows = np.zeros(hi - lo, SPAN_RECORD)
         for field in ("doc", "start", "context", "target", "eod"):
             rows[field] = getattr(spans, field)[at]
         rows["n_bytes"] = span_bytes[at]
-        rows["subset"] = doc_subset[doc]
-        rows["offset"] = _offsets(view, first_doc, doc, rows["start"])[1]
+        rows["subset"] = doc_subset[rows["doc"]]
+        rows["offset"] = _offsets(view, first_doc, rows["doc"], rows["start"])[1]
         out_rows.write("span", lo, rows)
         first = begin[s0:s1] - lo  # each sample's first span, within this chunk's
         n_spans = np.diff(begin[s0 : s1 + 1])
@@ -288,7 +287,7 @@ def _write_samples(
         records["span_begin"], records["n_spans"] = begin[s0:s1], n_spans
         records["n_tokens"], records["n_bytes"] = n_tokens, np.add.reduceat(rows["n_bytes"], first)
         records["check"] = record_checks(records, rows, lo)
-        subset = _sample_subsets(target, rows["subset"], first, n_spans)
+        subset = _sample_subsets(rows["target"], rows["subset"], first, n_spans)
         columns = {"span_begin": records["span_begin"], "n_spans": records["n_spans"],
                    "n_tokens": records["n_tokens"], "n_bytes": records["n_bytes"], "subset": subset,
                    "record": records}  # fmt: skip
@@ -326,17 +325,20 @@ def _write_by_subset(samples: ArrowFile, per_subset: np.ndarray, chunk: int) -> 
 
 
 def _document_counts(doc: np.ndarray, chunk: int) -> tuple[int, int]:
-    """(documents, documents with more than one span) of spans in document order, `chunk` spans at a time."""
+    """(documents, documents with more than one span) of spans in document order, `chunk` spans at a time: a
+    span whose document differs from the one before starts a document; one that follows such a start is the
+    second span of its document."""
     documents = several = 0
+    last, last_new = -1, False  # the span before the chunk: its document, and whether it started one
     for a in range(0, len(doc), chunk):
-        ahead = doc[max(a - 2, 0) : a + chunk]  # with the two spans before: runs that cross chunks count once
-        if (ahead[1:] < ahead[:-1]).any():
+        part = doc[a : a + chunk]
+        before = np.concatenate(([last], part[:-1]))
+        if (part < before).any():
             raise ValueError("the spans of an index must come in document order")
-        new = np.concatenate(([True], ahead[1:] != ahead[:-1]))
-        second = ~new[1:] & new[:-1]  # a run's second span
-        skip = min(a, 2)
-        documents += int(np.count_nonzero(new[skip:]))
-        several += int(np.count_nonzero(second[max(skip - 1, 0) :]))
+        new = part != before
+        documents += int(np.count_nonzero(new))
+        several += int(np.count_nonzero(~new & np.concatenate(([last_new], new[:-1]))))
+        last, last_new = int(part[-1]), bool(new[-1])
     return documents, several
 
 

@@ -11,13 +11,14 @@ import pytest
 import xxhash
 
 from pilestore.arrowfile import create
-from pilestore.index import map_columns
+from pilestore.index import arrow_array, map_columns
 
 RECORD = np.dtype([("a", "<i8"), ("b", "<i4"), ("c", "u1", (4,))])
 COLUMNS = {"x": np.int64, "flag": np.uint8, "small": np.int16, "record": RECORD}
 
 
 def _batch(columns: dict[str, np.ndarray], metadata: dict[str, str]) -> pa.RecordBatch:
+    """The columns as pyarrow would be given them whole (records as fixed_size_binary, numbers by arrow_array)."""
     arrays = []
     for values in columns.values():
         if values.dtype.names is not None:
@@ -26,9 +27,7 @@ def _batch(columns: dict[str, np.ndarray], metadata: dict[str, str]) -> pa.Recor
                 pa.FixedSizeBinaryArray.from_buffers(pa.binary(values.dtype.itemsize), len(values), [None, raw])
             )
         else:
-            arrays.append(
-                pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
-            )
+            arrays.append(arrow_array(values))
     return pa.RecordBatch.from_arrays(arrays, names=list(columns)).replace_schema_metadata(metadata)
 
 

@@ -10,6 +10,7 @@ from typing import BinaryIO
 import zstandard
 
 from .document import dump_json
+from .manifest import remove_dead_temps, temp_name
 from .store import Store
 
 DocCallback = Callable[[int], None]
@@ -27,7 +28,8 @@ def write_lines(store: Store, sink: BinaryIO, on_document: DocCallback) -> int:
 
 def export(store: Store, out: Path, *, level: int = 3, on_document: DocCallback = lambda n: None) -> int:
     """Write every document as one JSON line to `out` (a temp file renamed at the end); returns the count."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    remove_dead_temps(out)
+    tmp = temp_name(out)
     try:
         with open(tmp, "wb") as raw:
             if out.name.endswith(".zst"):

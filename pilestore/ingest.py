@@ -34,7 +34,6 @@ from .codec import CompressionSettings
 from .errors import PilestoreError, SourceError
 from .manifest import (
     INDEX_DIR,
-    MANIFEST,
     PARTITIONS_DIR,
     STAGING_DIR,
     now,
@@ -111,8 +110,6 @@ def _clean_leftovers(store: Path, manifest: dict[str, Any], keep: set[Path]) -> 
         if path not in keep or not finished:
             log.info("removing %s, left by an interrupted ingest", path)
             shutil.rmtree(path)
-    for path in store.glob(f".{MANIFEST}.tmp-*"):
-        path.unlink()
 
 
 def _already_in_store(source: Path, manifest: dict[str, Any]) -> bool:

@@ -13,14 +13,16 @@ manifest write. A source whose sha256 is already in the target is skipped, as in
 Tokenized views move too: the token files of every view that all the merged stores share (same tokenizer
 sha256) are copied under the new partition numbers with their .done markers, the view is completed by
 `tokens.tokenize` (which finds every partition done and encodes nothing), and the sample indexes the sources
-had are rebuilt from the token counts (numba kernels, seconds).
+had are rebuilt from the token counts (numba kernels, seconds). Every step is skipped where it is done, so a
+merge killed at any point is finished by running it again (the partitions it committed are recognised by their
+files' sha256: their token files are carried over then).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +30,7 @@ from . import __version__
 from .build import INDEX_FILE, PARTITION_FILE
 from .errors import PilestoreError
 from .ingest import _commit
-from .manifest import STAGING_DIR, read_or_empty, read_sealed, writer_lock
+from .manifest import STAGING_DIR, copy_atomic, read_or_empty, read_sealed, writer_lock
 from .shards import file_sha256
 from .store import Store
 from .tokens import FILES, TOKENS_DIR, VIEW_FILE
@@ -40,7 +42,8 @@ ENTRY_KEYS_NOT_COPIED = ("id", "file", "index", "pilestore_version")
 
 
 def _place(src: Path, dst: Path) -> None:
-    """Hard link when possible (same file system, no bytes copied), else copy."""
+    """Hard link when possible (same file system, no bytes copied), else copy; replaces what a killed run left."""
+    dst.unlink(missing_ok=True)  # never write through it: it may be a link to the source's file
     try:
         os.link(src, dst)
     except OSError:
@@ -82,8 +85,9 @@ def merge(sources: Sequence[Path], target: Path, on_stage: StageCallback | None 
         manifest = read_or_empty(target, __version__)
         first_new = len(manifest["partitions"])
         seen = {p["source"]["sha256"] for p in manifest["partitions"]}
+        for killed in (target / STAGING_DIR).glob("merge-*"):  # with the lock held, no merge is running
+            shutil.rmtree(killed, ignore_errors=True)
         staging = target / STAGING_DIR / f"merge-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
         results = []
         try:
             for store in stores:
@@ -100,7 +104,8 @@ def merge(sources: Sequence[Path], target: Path, on_stage: StageCallback | None 
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     merged = open_store(target)
-    views = [_merge_view(name, added, merged, on_stage) for name in _shared_views(stores)] if added else []
+    held = _held_partitions(stores, merged)
+    views = [v for name in _shared_views(stores) if (v := _merge_view(name, held, merged, on_stage)) is not None]
     return {
         "store": str(target),
         "partitions_added": len(added),
@@ -110,22 +115,42 @@ def merge(sources: Sequence[Path], target: Path, on_stage: StageCallback | None 
     }
 
 
+def _held_partitions(stores: Sequence[Store], merged: Store) -> list[tuple[Store, int, int]]:
+    """(source store, its partition, the target's partition) for every source partition that the target holds
+    as the very same file (sha256): this merge's, or a killed one's. Their token files apply as they are."""
+    by_file = {entry["files"]["partition"]["sha256"]: i for i, entry in enumerate(merged.manifest["partitions"])}
+    return [
+        (store, p, by_file[sha])
+        for store in stores
+        for p, entry in enumerate(store.manifest["partitions"])
+        if (sha := entry["files"]["partition"]["sha256"]) in by_file
+    ]
+
+
 def _merge_view(
-    name: str, added: list[tuple[Store, int, int]], merged: Store, on_stage: StageCallback | None
-) -> dict[str, Any]:
-    """Carry one tokenized view's files into the merged store, complete it and rebuild its sample indexes (the
-    sources' shapes, and the target's own that the new partitions put behind)."""
+    name: str, held: list[tuple[Store, int, int]], merged: Store, on_stage: StageCallback | None
+) -> dict[str, Any] | None:
+    """Carry one tokenized view's files into the merged store, complete it and build its sample indexes (the
+    sources' shapes, and the target's own that the new partitions put behind); None if all that is done.
+
+    Each step is skipped where it is done, so that re-running a merge killed at any point completes it."""
     from .indexes import _no_stages, build_index, shapes_behind
     from .samples import SAMPLES_DIR, IndexShape
     from .tokens import TokenView, tokenize
 
     folder = merged.path / TOKENS_DIR / name
+    source_folders = {id(store): store.path / TOKENS_DIR / name for store, _, _ in held}
+    missing = [(store, p, new) for store, p, new in held if not (folder / f"p{new:05d}.done").exists()]
+    shapes: dict[str, IndexShape] = {}
+    for source in source_folders.values():
+        for info_file in sorted((source / SAMPLES_DIR).glob("*.json")):
+            shape = IndexShape.of(read_sealed(info_file, "rebuild the source's index with `pilestore index`"))
+            shapes.setdefault(shape.name, shape)
+    if not held or (not missing and _view_done(folder, 1 + max(new for _, _, new in held), shapes)):
+        return None
     folder.mkdir(parents=True, exist_ok=True)
-    source_folders = {id(store): store.path / TOKENS_DIR / name for store, _, _ in added}
-    any_source = next(iter(source_folders.values()))
-    if not (folder / "tokenizer.model").exists():
-        shutil.copyfile(any_source / "tokenizer.model", folder / "tokenizer.model")
-    for store, p, new in added:
+    copy_atomic(next(iter(source_folders.values())) / "tokenizer.model", folder / "tokenizer.model")
+    for store, p, new in missing:
         src = source_folders[id(store)]
         for ext in (*FILES, "done"):  # .done last: it says the rest is there
             _place(src / f"p{p:05d}.{ext}", folder / f"p{new:05d}.{ext}")
@@ -134,9 +159,22 @@ def _merge_view(
     rebuilt = []
     stages = on_stage or _no_stages
     with writer_lock(merged.path):
-        for info_file in sorted((any_source / SAMPLES_DIR).glob("*.json")):
-            info = read_sealed(info_file, "rebuild the source's index with `pilestore index`")
-            rebuilt.append(build_index(view, merged, IndexShape.of(info), stages)["name"])
-        for shape in shapes_behind(view):  # the target's own indexes of other shapes, built before the merge
+        built = {path.stem for path in (folder / SAMPLES_DIR).glob("*.json")}
+        behind = {shape.name: shape for shape in shapes_behind(view)}  # the target's own too, made before the merge
+        todo = {n: shape for n, shape in shapes.items() if n not in built} | behind
+        for shape in todo.values():
             rebuilt.append(build_index(view, merged, shape, stages)["name"])
     return {"view": name, "tokens": result["tokens"], "indexes": rebuilt}
+
+
+def _view_done(folder: Path, partitions: int, shapes: Iterable[str]) -> bool:
+    """The view covers the first `partitions` partitions (the merged ones among them) and has an index of each
+    shape, none of them behind."""
+    from .indexes import shapes_behind
+    from .samples import SAMPLES_DIR
+    from .tokens import TokenView
+
+    if not (folder / VIEW_FILE).exists() or TokenView(folder).num_partitions < partitions:
+        return False
+    indexed = all((folder / SAMPLES_DIR / f"{name}.json").exists() for name in shapes)
+    return indexed and not shapes_behind(TokenView(folder))

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import PilestoreError
+from .manifest import remove_dead_temps, temp_name
 
 EOD_PIECE = "[eod]"
 HF_EOD_PIECES = (EOD_PIECE, "<|endoftext|>", "</s>")  # end-of-document token of a Hugging Face tokenizer.json
@@ -147,7 +148,8 @@ def train_tokenizer(
                 "--option character_coverage=0.9995."
             )
         raise TokenizerError(f"sentencepiece training failed: {err}.{hint}") from err
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    remove_dead_temps(out)
+    tmp = temp_name(out)
     try:  # a model file is whole or absent: an interrupted run leaves the one before it
         tmp.write_bytes(model.getvalue())
         os.replace(tmp, out)

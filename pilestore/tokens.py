@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from . import token_bytes
 from .cluster import check_executor, run_tasks
 from .document import encode_text
 from .errors import PilestoreError
-from .manifest import now, read_sealed, write_sealed, writer_lock
+from .manifest import copy_atomic, now, read_sealed, write_sealed, writer_lock
 from .shards import file_sha256
 from .store import Store
 from .tokenizer import Tokenizer, TokenizerError
@@ -241,10 +240,7 @@ def tokenize(
     dtype = token_dtype(tokenizer.vocab_size)
     with writer_lock(store.path):
         folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "tokenizer.model").exists():
-            shutil.copyfile(tokenizer.path, folder / "tokenizer.model")
-        for leftover in folder.glob("*.tmp"):
-            leftover.unlink()
+        copy_atomic(tokenizer.path, folder / "tokenizer.model")  # whole even if a run was killed copying it
         found: dict[int, dict[str, Any]] = {}
         for p in range(store.num_partitions):
             marker = folder / f"p{p:05d}.done"

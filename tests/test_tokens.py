@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -357,6 +359,9 @@ def test_sample_view_on_an_untokenized_store_says_what_to_do(sample_store_dir: P
 
 def test_train_tokenizer_cli(small_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "t.model"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / f".t.model.tmp-{int(dead.stdout)}"  # what a run killed before its rename leaves
+    killed.write_bytes(b"half a model")
     result = CliRunner().invoke(
         cli,
         [
@@ -375,6 +380,7 @@ def test_train_tokenizer_cli(small_store: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["options"]["byte_fallback"] is True and Tokenizer(out).vocab_size == 2000
+    assert not killed.exists()  # a dead process's temp file is removed
     bad = CliRunner().invoke(
         cli, ["train-tokenizer", "--store", str(small_store), "--out", str(out), "--option", "novalue"]
     )

@@ -14,6 +14,7 @@ from . import partition
 from .document import checksum, encode_text
 from .errors import CorruptDocumentError, StoreFormatError
 from .manifest import read_sealed
+from .samples import GENERATION_KEY, REBUILD
 from .shards import file_sha256
 from .store import Store
 from .tokens import FILES, TOKENS_DIR
@@ -110,6 +111,32 @@ def _check_hash(path: Path, expected: str | None, report: VerifyReport) -> None:
         report.problems.append(f"{path}: sha256 differs from the recorded one (the file was changed or damaged)")
 
 
+def _check_index_file(path: Path, expected: str | None, generation: str | None, report: VerifyReport) -> None:
+    """_check_hash, telling a file of another build (a rebuild killed between its renames) from a damaged one."""
+    if expected is None or not path.exists():
+        _check_hash(path, expected, report)
+        return
+    if file_sha256(path) == expected:
+        return
+    found = _generation_of(path)
+    if found is not None and found != generation:
+        report.problems.append(f"{path}: from another build than its .json (a rebuild that did not finish); {REBUILD}")
+    else:
+        report.problems.append(f"{path}: sha256 differs from the recorded one (the file was changed or damaged)")
+
+
+def _generation_of(path: Path) -> str | None:
+    """The build an index file says it belongs to (its schema metadata); None if that cannot be read."""
+    import pyarrow as pa
+
+    try:
+        with pa.memory_map(str(path)) as source:
+            value = (pa.ipc.open_file(source).schema.metadata or {}).get(GENERATION_KEY.encode())
+    except (OSError, pa.ArrowException):
+        return None
+    return value.decode(errors="replace") if value is not None else None
+
+
 def _check_view(folder: Path, report: VerifyReport) -> None:
     """A tokenized view's token, byte-offset and document files, and its sample indexes, against their hashes."""
     try:
@@ -131,11 +158,12 @@ def _check_view(folder: Path, report: VerifyReport) -> None:
             _check_hash(folder / f"p{entry['partition']:05d}.{ext}", recorded.get(ext), report)
     for info_file in sorted((folder / "samples").glob("*.json")):
         try:
-            recorded = read_sealed(info_file, "rebuild it with `pilestore index`").get("sha256")
+            info = read_sealed(info_file, "rebuild it with `pilestore index`")
+            recorded = info.get("sha256")
         except (OSError, StoreFormatError) as err:
             report.problems.append(f"{info_file}: unreadable ({err})")
             continue
         stem = info_file.name.removesuffix(".json")
         for part in ("spans", "samples", "rows"):
             name = f"{stem}.{part}.arrow"
-            _check_hash(folder / "samples" / name, (recorded or {}).get(name), report)
+            _check_index_file(folder / "samples" / name, (recorded or {}).get(name), info.get("generation"), report)

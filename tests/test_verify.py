@@ -9,7 +9,7 @@ from click.testing import CliRunner
 import pilestore
 from pilestore import partition
 from pilestore.cli import cli
-from pilestore.errors import CorruptDocumentError, StoreFormatError
+from pilestore.errors import CorruptDocumentError, PilestoreError, StoreFormatError
 from pilestore.verify import verify
 
 
@@ -93,3 +93,40 @@ def test_verify_checks_token_files_and_sample_indexes(small_store: Path, model: 
     report = verify(pilestore.open(store_dir))
     assert not report.ok and report.corrupt_documents == []
     assert sorted(p.split(":")[0] for p in report.problems) == sorted(str(p) for p in damaged)
+
+
+def test_an_index_rebuild_killed_between_its_renames_is_told_from_damage(
+    small_store: Path, model: Path, tmp_path: Path
+) -> None:
+    """A rebuild renames its three files, then writes the .json: killed in between, the files of the new build
+    sit beside the old .json. verify says so and what to do, not 'damaged'; readers refuse the index; the re-run
+    of tokenize rebuilds it (the .json is behind the view)."""
+    from pilestore.indexes import build_indexes
+    from pilestore.samples import SampleIndex
+    from pilestore.tokens import TokenView, tokenize
+
+    store_dir = tmp_path / "grow.store"
+    shutil.copytree(small_store, store_dir, ignore=shutil.ignore_patterns("tokens"))
+    view = TokenView(Path(tokenize(pilestore.open(store_dir), model)["view"]))
+    build_indexes(view, pilestore.open(store_dir), 64, 16, "bestfit")
+    old_json = (view.folder / "samples" / "eval-L64-C16.json").read_bytes()
+    more = tmp_path / "more.jsonl"
+    more.write_bytes(b'{"text": "one more document", "meta": {"pile_set_name": "Pile-CC"}}\n')
+    assert CliRunner().invoke(cli, ["ingest", str(more), "--store", str(store_dir)]).exit_code == 0
+    args = ["tokenize", "--store", str(store_dir), "--tokenizer", str(model), "--seq-len", "64", "--context", "16"]
+    assert CliRunner().invoke(cli, args).exit_code == 0  # tokenizes the new partition, rebuilds both indexes
+    (view.folder / "samples" / "eval-L64-C16.json").write_bytes(old_json)  # as if killed before the .json's rename
+    report = verify(pilestore.open(store_dir))
+    assert len(report.problems) == 3 and all("from another build than its .json" in p for p in report.problems)
+    assert all("eval-L64-C16." in p and "pilestore index" in p for p in report.problems)
+    with pytest.raises(PilestoreError, match="different builds"):
+        SampleIndex(TokenView(view.folder), "eval-L64-C16", wait=0)
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert verify(pilestore.open(store_dir)).ok
+    damaged = view.folder / "samples" / "eval-L64-C16.rows.arrow"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0x01  # a column's byte: the file still says it belongs to the .json's build
+    damaged.write_bytes(bytes(data))
+    assert [p.split(": ", 1)[1] for p in verify(pilestore.open(store_dir)).problems] == [
+        "sha256 differs from the recorded one (the file was changed or damaged)"
+    ]

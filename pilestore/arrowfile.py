@@ -15,27 +15,16 @@ fixed_size_binary column of their width. Readers map the columns as before (inde
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-
-@contextlib.contextmanager
-def _naming(path: Path) -> Iterator[None]:
-    """An OSError from a call on a file descriptor (pwrite, ftruncate, fsync: they carry no file name) names
-    the file, so the CLI's one-line error says which file could not be written."""
-    try:
-        yield
-    except OSError as err:
-        if err.filename is not None or err.errno is None:
-            raise
-        raise OSError(err.errno, err.strerror, str(path)) from err
+from .atomic import naming
 
 
 def _zeros(dtype: np.dtype, rows: int, zeros: mmap.mmap) -> pa.Array:
@@ -119,7 +108,7 @@ class ArrowFile:
             raise IndexError(f"{self.path}: rows {first_row}..{first_row + len(values)} outside 0..{self.rows}")
         data = memoryview(values.view(np.uint8).reshape(-1))
         at = self._places[name] + first_row * dtype.itemsize
-        with _naming(self.path):
+        with naming(self.path):
             while len(data):
                 done = os.pwrite(self._fd, data, at)
                 data, at = data[done:], at + done
@@ -162,7 +151,7 @@ class ArrowFile:
                 at = data.find(old, at + 1)
         if len(found) != 2:
             raise RuntimeError(f"{self.path}: the metadata placeholder occurs {len(found)} times, expected 2")
-        with _naming(self.path):
+        with naming(self.path):
             for at in found:
                 os.pwrite(self._fd, new, at)
 
@@ -177,7 +166,7 @@ class ArrowFile:
                 pass
         self._maps = []
         try:
-            with _naming(self.path):
+            with naming(self.path):
                 os.fsync(self._fd)
         finally:
             os.close(self._fd)
@@ -192,7 +181,7 @@ def create(path: Path, dtypes: Mapping[str, Any], rows: int, metadata: Mapping[s
     batch = pa.RecordBatch.from_arrays([_zeros(d, rows, zeros) for d in dtypes.values()], names=list(dtypes))
     schema = batch.schema.with_metadata(dict(metadata))
     try:
-        with _naming(path), _Sink(path, pa.py_buffer(zeros)) as sink:
+        with naming(path), _Sink(path, pa.py_buffer(zeros)) as sink:
             with pa.ipc.new_file(pa.PythonFile(sink, mode="w"), schema) as out:
                 out.write_batch(batch.replace_schema_metadata(schema.metadata))
         del batch

@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 
 from . import partition
+from .atomic import write_atomic
 from .codec import CompressionSettings, Compressor, train_dictionaries
 from .document import checksum, dump_json, encode_text, is_plain, row_checksum, subset_of
 from .errors import LineError, SourceError
 from .index import write_index
-from .manifest import now, write_atomic
+from .manifest import now
 from .shards import Record, SourceReader, file_sha256
 
 PARTITION_FILE = "partition.sqlite"

@@ -9,8 +9,8 @@ from typing import BinaryIO
 
 import zstandard
 
+from .atomic import naming, remove_dead_temps, temp_name
 from .document import dump_json
-from .manifest import remove_dead_temps, temp_name
 from .store import Store
 
 DocCallback = Callable[[int], None]
@@ -31,7 +31,7 @@ def export(store: Store, out: Path, *, level: int = 3, on_document: DocCallback 
     remove_dead_temps(out)
     tmp = temp_name(out)
     try:
-        with open(tmp, "wb") as raw:
+        with naming(out), open(tmp, "wb") as raw:
             if out.name.endswith(".zst"):
                 cctx = zstandard.ZstdCompressor(level=level, write_checksum=True)
                 with cctx.stream_writer(raw, closefd=False) as sink:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .atomic import naming
 from .errors import StoreFormatError
 
 SCHEMA = pa.schema(
@@ -50,7 +51,7 @@ def write_index(path: Path, columns: dict[str, np.ndarray]) -> None:
     """Write the columns (numpy arrays of equal length, SCHEMA's names) as one uncompressed batch; fsync."""
     arrays = [arrow_array(columns[f.name], DTYPES[f.name]) for f in SCHEMA]
     batch = pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
-    with open(path, "wb") as fh:
+    with naming(path), open(path, "wb") as fh:
         with pa.ipc.new_file(fh, SCHEMA) as writer:
             writer.write_batch(batch)
         fh.flush()

@@ -151,17 +151,15 @@ def write_index(
         for file in files.values():
             file.set_metadata(placeholder, generation)
             file.close()
+        checksums = {paths[part].name: file_sha256(file.path) for part, file in files.items()}
+        for part, file in files.items():  # all at once, then the .json: readers retry across this short window
+            os.replace(file.path, paths[part])
     except BaseException:
-        for file in files.values():  # nothing of a failed build is left behind
-            with contextlib.suppress(OSError):
+        for file in files.values():  # nothing of a failed build is left behind (a file renamed stays: its
+            with contextlib.suppress(OSError):  # .json is the old build's, which readers and verify tell apart)
                 file.close()
             file.path.unlink(missing_ok=True)
         raise
-    checksums = {}
-    for part, file in files.items():
-        checksums[paths[part].name] = file_sha256(file.path)
-    for part, file in files.items():  # all at once, then the .json: readers retry across this short window
-        os.replace(file.path, paths[part])
     slots = spans.num_samples * (shape.seq_len + 1)
     info = {
         "name": shape.name,

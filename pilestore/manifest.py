@@ -20,18 +20,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import logging
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .atomic import remove_temps, write_atomic
 from .errors import IncompleteStoreError, StoreFormatError, StoreLockedError, StoreNotFoundError
-
-log = logging.getLogger(__name__)
 
 FORMAT_NAME = "pilestore"
 FORMAT_VERSION = 3  # 2: row checksums cover subset and meta; 3: chunked frame stream, index without row_id
@@ -57,65 +54,6 @@ def empty_manifest(version: str) -> dict[str, Any]:
         "subsets": [],
         "partitions": [],
     }
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def temp_name(path: Path) -> Path:
-    """Where a file is written before it is renamed to `path`: hidden, and named after the writing process."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-_TEMP = re.compile(r"\..+\.tmp-\d+|.+\.tmp")
-
-
-def is_temp(name: str) -> bool:
-    """True for the names of files written before a rename (temp_name's, and the `.tmp` of big files)."""
-    return _TEMP.fullmatch(name) is not None
-
-
-def remove_dead_temps(path: Path) -> None:
-    """Delete temp_name(path) files of processes on this machine that have died (killed before their rename)."""
-    prefix = f".{path.name}.tmp-"
-    for other in path.parent.iterdir():
-        pid = other.name.removeprefix(prefix)
-        if other.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
-            log.info("removing %s, left by an interrupted run", other)
-            other.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process
-    return True
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` by `data` so that readers see the old or the new file, never a part."""
-    tmp = temp_name(path)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def copy_atomic(src: Path, dst: Path) -> None:
-    """Make `dst` a copy of the (small) file `src`, whole or not at all; nothing is written if it already is one."""
-    data = src.read_bytes()
-    if not dst.exists() or dst.read_bytes() != data:
-        write_atomic(dst, data)
 
 
 SEAL = "seal"  # key of a sealed JSON file's checksum of its own content
@@ -248,18 +186,7 @@ def writer_lock(store: Path) -> Iterator[None]:
                     f"{store}: another pilestore command is writing to this store; wait for it to finish, then re-run"
                 ) from None
             raise
-        _remove_temps(store)
+        remove_temps(store, keep=STAGING_DIR)  # ingest reuses the finished builds there, cleans the rest
         yield
     finally:
         os.close(fd)
-
-
-def _remove_temps(store: Path) -> None:
-    """Delete the temporary files of writers that died: with the lock held, no other writer has any."""
-    for folder, subfolders, files in os.walk(store):
-        if Path(folder) == store and STAGING_DIR in subfolders:
-            subfolders.remove(STAGING_DIR)  # ingest reuses finished work there and cleans the rest itself
-        for name in files:
-            if is_temp(name):
-                log.info("removing %s, left by an interrupted command", Path(folder) / name)
-                (Path(folder) / name).unlink(missing_ok=True)

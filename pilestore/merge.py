@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .atomic import copy_atomic
 from .build import INDEX_FILE, PARTITION_FILE
 from .errors import PilestoreError
 from .ingest import _commit
-from .manifest import STAGING_DIR, copy_atomic, read_or_empty, read_sealed, writer_lock
+from .manifest import STAGING_DIR, read_or_empty, read_sealed, writer_lock
 from .shards import file_sha256
 from .store import Store
 from .tokens import FILES, TOKENS_DIR, VIEW_FILE

@@ -27,7 +27,6 @@ and network file systems. Both go through `connect_*`, one small function per se
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from urllib.parse import quote
 import apsw
 import zstandard
 
+from .atomic import fsync_path
 from .codec import MAX_DICT_SIZE
 from .errors import CorruptDocumentError, StoreFormatError
 
@@ -217,11 +217,7 @@ class DocumentWriter:
 def finish(conn: apsw.Connection, path: Path) -> None:
     """Close the writer and flush the file to disk (it is renamed into the store next)."""
     conn.close()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path)
 
 
 def read_subsets(conn: apsw.Connection) -> list[str]:

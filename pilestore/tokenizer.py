@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import remove_dead_temps, temp_name
 from .errors import PilestoreError
-from .manifest import remove_dead_temps, temp_name
 
 EOD_PIECE = "[eod]"
 HF_EOD_PIECES = (EOD_PIECE, "<|endoftext|>", "</s>")  # end-of-document token of a Hugging Face tokenizer.json

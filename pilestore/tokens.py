@@ -29,10 +29,11 @@ import numpy as np
 from xxhash import xxh3_64_intdigest as _xxh3_64
 
 from . import token_bytes
+from .atomic import copy_atomic, naming
 from .cluster import check_executor, run_tasks
 from .document import encode_text
 from .errors import PilestoreError
-from .manifest import copy_atomic, now, read_sealed, write_sealed, writer_lock
+from .manifest import now, read_sealed, write_sealed, writer_lock
 from .shards import file_sha256
 from .store import Store
 from .tokenizer import Tokenizer, TokenizerError
@@ -154,53 +155,64 @@ def _write_partition(
     position = 0
     hashes = {ext: hashlib.sha256() for ext in ("tokens", "lens", "long")}  # of what is written, as it is written
     quick = {ext: xxhash.xxh3_128() for ext in ("lens", "long")}  # checked before every index build reads them
-    with open(tmp["tokens"], "wb") as tok_out, open(tmp["lens"], "wb") as lens_out, open(tmp["long"], "wb") as long_out:
-        outs = {"tokens": tok_out, "lens": lens_out, "long": long_out}
-        batch: list[str] = []
+    try:
+        with (
+            open(tmp["tokens"], "wb") as tok_out,
+            open(tmp["lens"], "wb") as lens_out,
+            open(tmp["long"], "wb") as long_out,
+        ):
+            outs = {"tokens": tok_out, "lens": lens_out, "long": long_out}
+            batch: list[str] = []
 
-        def flush() -> None:
-            nonlocal position
-            ids, ends, counts = tokenizer.encode_batch(batch, threads=threads)
-            if len(ids) and ids.max() >= tokenizer.vocab_size:
-                raise TokensError(f"token id {ids.max()} outside the vocabulary of {tokenizer.vocab_size}")
-            lengths, pairs = token_bytes.encode(ends, counts, position)
-            for ext, data in (("tokens", ids.astype(dtype)), ("lens", lengths), ("long", pairs)):
-                raw = data.tobytes()
-                outs[ext].write(raw)
-                hashes[ext].update(raw)
-                if ext in quick:
-                    quick[ext].update(raw)
-            columns["start"].append(position + np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64))
-            columns["n_tokens"].append(np.asarray(counts, np.int64))
-            columns["n_bytes"].append(np.array([len(encode_text(text)) for text in batch], np.int64))
-            position += len(ids)
-            on_docs(len(batch))
-            batch.clear()
+            def flush() -> None:
+                nonlocal position
+                ids, ends, counts = tokenizer.encode_batch(batch, threads=threads)
+                if len(ids) and ids.max() >= tokenizer.vocab_size:
+                    raise TokensError(f"token id {ids.max()} outside the vocabulary of {tokenizer.vocab_size}")
+                lengths, pairs = token_bytes.encode(ends, counts, position)
+                for ext, data in (("tokens", ids.astype(dtype)), ("lens", lengths), ("long", pairs)):
+                    raw = data.tobytes()
+                    with naming(tmp[ext]):
+                        outs[ext].write(raw)
+                    hashes[ext].update(raw)
+                    if ext in quick:
+                        quick[ext].update(raw)
+                columns["start"].append(position + np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64))
+                columns["n_tokens"].append(np.asarray(counts, np.int64))
+                columns["n_bytes"].append(np.array([len(encode_text(text)) for text in batch], np.int64))
+                position += len(ids)
+                on_docs(len(batch))
+                batch.clear()
 
-        for document in store.iter_partition(p):
-            batch.append(document.text)
-            if len(batch) >= BATCH_DOCS:
+            for document in store.iter_partition(p):
+                batch.append(document.text)
+                if len(batch) >= BATCH_DOCS:
+                    flush()
+            if batch:
                 flush()
-        if batch:
-            flush()
-        for fh in outs.values():
-            fh.flush()
+            for ext, fh in outs.items():
+                with naming(tmp[ext]):
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        table = arrow_table({key: np.concatenate(chunks or [np.zeros(0, np.int64)]) for key, chunks in columns.items()})
+        with naming(tmp["arrow"]), open(tmp["arrow"], "wb") as fh:
+            with pa.ipc.new_file(fh, table.schema) as writer:
+                writer.write_table(table)
             os.fsync(fh.fileno())
-    table = arrow_table({key: np.concatenate(chunks or [np.zeros(0, np.int64)]) for key, chunks in columns.items()})
-    with open(tmp["arrow"], "wb") as fh:
-        with pa.ipc.new_file(fh, table.schema) as writer:
-            writer.write_table(table)
-        os.fsync(fh.fileno())
-    with open(tmp["sums"], "wb") as fh:
-        fh.write(block_sums(tmp["tokens"]).astype("<u8").tobytes())
-        os.fsync(fh.fileno())
-    sha256 = {ext: h.hexdigest() for ext, h in hashes.items()}
-    sha256["arrow"] = file_sha256(tmp["arrow"])
-    sha256["sums"] = file_sha256(tmp["sums"])
-    xxh3 = {ext: h.hexdigest() for ext, h in quick.items()}
-    xxh3["arrow"] = xxhash.xxh3_128_hexdigest(tmp["arrow"].read_bytes())
-    for ext, path in tmp.items():
-        os.replace(path, stem.with_suffix(f".{ext}"))
+        with naming(tmp["sums"]), open(tmp["sums"], "wb") as fh:
+            fh.write(block_sums(tmp["tokens"]).astype("<u8").tobytes())
+            os.fsync(fh.fileno())
+        sha256 = {ext: h.hexdigest() for ext, h in hashes.items()}
+        sha256["arrow"] = file_sha256(tmp["arrow"])
+        sha256["sums"] = file_sha256(tmp["sums"])
+        xxh3 = {ext: h.hexdigest() for ext, h in quick.items()}
+        xxh3["arrow"] = xxhash.xxh3_128_hexdigest(tmp["arrow"].read_bytes())
+        for ext, path in tmp.items():
+            os.replace(path, stem.with_suffix(f".{ext}"))
+    except BaseException:
+        for path in tmp.values():  # a failed partition leaves nothing (the files already renamed wait for .done)
+            path.unlink(missing_ok=True)
+        raise
     done = {
         "documents": len(table),
         "tokens": position,

@@ -1,14 +1,21 @@
-"""Kill a pilestore command at each of its file-system steps, re-run it, and compare with an uninterrupted run.
+"""Stop a pilestore command at each of its file-system steps, re-run it, and compare with an uninterrupted run.
 
-    python tests/killpoints.py TEMPLATE WORK CALLS tokenize --store {store} --tokenizer tok.model ...
+    python tests/killpoints.py kill|fail TEMPLATE WORK CALLS tokenize --store {store} --tokenizer tok.model ...
 
 For N = 1, 2, ...: TEMPLATE is copied to a fresh store (none if it does not exist), the command runs in a forked
-child that SIGKILLs itself just before its N-th call of one of CALLS (comma-separated, of os.replace, os.rename,
-os.fsync, os.unlink and shutil.copyfile; a copy is first cut to half its bytes: a kill in the middle of it),
-then the command runs again to its end, and every file of the store is compared with those of an uninterrupted
-run (JSON files without their timestamps and seals). N goes up to the number of such calls that run made.
-One JSON line per point on stdout: {"point", "call", "path", "killed", "rerun": exit statuses, "differs":
-[files]}, then {"points": N, "calls": {name: count}}.
+child that is stopped just before its N-th call of one of CALLS (comma-separated, of os.replace, os.rename,
+os.fsync, os.unlink and shutil.copyfile), then the command runs again to its end, and every file of the store is
+compared with those of an uninterrupted run (JSON files without their timestamps and seals). N goes up to the
+number of such calls that run made. How the child is stopped:
+
+- kill: it SIGKILLs itself (nothing is cleaned up; a copy is first cut to half its bytes: a kill during it);
+- fail: the call raises OSError(ENOSPC), as a full disk would (fsync's without a file name, as the kernel's);
+  the command must then exit 1 with a one-line error that names a file, and leave no temporary file.
+
+One JSON line per point on stdout: {"point", "call", "path", "stopped", "rerun": exit statuses, "differs":
+[files], "problems": [what the failed run did wrong]}, then {"calls": N, "sites": distinct (name, pilestore
+file:line), "by_name": {name: count}}. In fail mode each call site is failed once (its first call), not every
+call: the error is handled where it is raised.
 
 Children are forked from this process, which has imported what the commands use, so a point costs the
 command's own work, not an interpreter start (the random kills of test_crashes.py cover whole processes).
@@ -16,8 +23,10 @@ command's own work, not an interpreter start (the random kills of test_crashes.p
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -31,30 +40,49 @@ import pilestore.cli
 import pilestore.indexes
 import pilestore.merge
 import pilestore.tokens  # noqa: F401  (imported before forking: the children start warm)
+from pilestore.atomic import is_temp
+from pilestore.manifest import STAGING_DIR
 
 HOOKED = {"replace": os, "rename": os, "fsync": os, "unlink": os, "copyfile": shutil}
 VOLATILE = {"created", "updated", "seconds", "seal"}  # JSON keys that differ between two uninterrupted runs
 
 
-def _hooks(names: list[str], kill_at: int, seen: list[tuple[str, str]]) -> None:
-    """Count the calls of these functions in this process; SIGKILL it at call number kill_at (0: never)."""
+def _stop(mode: str, name: str, args: tuple[Any, ...]) -> None:
+    if mode == "fail":
+        where = None if name == "fsync" else str(args[0])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), where)
+    if name == "copyfile":
+        data = Path(args[0]).read_bytes()
+        Path(args[1]).write_bytes(data[: len(data) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _site() -> str:
+    """file:line of the pilestore code that made the call (through pathlib, shutil, ...)."""
+    frame = sys._getframe(2)
+    while frame is not None and f"{os.sep}pilestore{os.sep}" not in frame.f_code.co_filename:
+        frame = frame.f_back
+    return f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno}" if frame is not None else "?"
+
+
+def _hooks(names: list[str], mode: str, stop_at: int, seen: list[tuple[str, str, str]]) -> None:
+    """Count the calls of these functions in this process; stop it at call number stop_at (0: never)."""
     for name in names:
         module = HOOKED[name]
         real = getattr(module, name)
 
         def hooked(*args: Any, _name: str = name, _real: Callable[..., Any] = real, **kwargs: Any) -> Any:
-            seen.append((_name, str(args[0]) if args else ""))
-            if len(seen) == kill_at:
-                if _name == "copyfile":
-                    data = Path(args[0]).read_bytes()
-                    Path(args[1]).write_bytes(data[: len(data) // 2])
-                os.kill(os.getpid(), signal.SIGKILL)
+            seen.append((_name, str(args[0]) if args else "", _site()))
+            if len(seen) == stop_at:
+                _stop(mode, _name, args)
             return _real(*args, **kwargs)
 
         setattr(module, name, hooked)
 
 
-def run(argv: list[str], hooks: list[str], kill_at: int = 0, calls_file: Path | None = None) -> tuple[int, str]:
+def run(
+    argv: list[str], hooks: list[str], mode: str = "kill", stop_at: int = 0, calls_file: Path | None = None
+) -> tuple[int, str]:
     """(exit status, stderr) of `pilestore argv` in a forked child; status -9 if it was killed."""
     with tempfile.TemporaryFile() as err:
         pid = os.fork()
@@ -64,8 +92,8 @@ def run(argv: list[str], hooks: list[str], kill_at: int = 0, calls_file: Path | 
                 os.dup2(err.fileno(), 2)
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, 1)
-                seen: list[tuple[str, str]] = []
-                _hooks(hooks, kill_at, seen)
+                seen: list[tuple[str, str, str]] = []
+                _hooks(hooks, mode, stop_at, seen)
                 sys.argv = ["pilestore", *argv, "-q"]
                 try:
                     pilestore.cli.main()
@@ -98,12 +126,23 @@ def _comparable(path: Path) -> Any:
 
 def files(store: Path) -> dict[str, Any]:
     """Every file of the store (but its lock) by relative path, in a form that two runs can compare."""
-    return {
-        str(p.relative_to(store)): _comparable(p) for p in sorted(store.rglob("*")) if p.is_file() and p.name != ".lock"
-    }
+    found = sorted(p for p in store.rglob("*") if p.is_file() and p.name != ".lock")
+    return {str(p.relative_to(store)): _comparable(p) for p in found}
 
 
-def sweep(template: Path, work: Path, hooks: list[str], argv: list[str]) -> None:
+def failure_problems(store: Path, status: int, message: str) -> list[str]:
+    """What a run failed by a full disk did wrong: its exit status, its error line, temporary files it left."""
+    problems = []
+    if status != 1:
+        problems.append(f"exit status {status}, not 1")
+    if "Traceback" in message or not re.search(r"^Error: /\S+: No space left on device$", message, re.MULTILINE):
+        problems.append(f"no one-line error naming a file: {message[-600:]!r}")
+    left = [p for p in store.rglob("*") if is_temp(p.name) and STAGING_DIR not in p.relative_to(store).parts]
+    problems += [f"left {p}" for p in left]
+    return problems
+
+
+def sweep(mode: str, template: Path, work: Path, hooks: list[str], argv: list[str]) -> None:
     def fresh(name: str) -> tuple[Path, list[str]]:
         store = work / name
         shutil.rmtree(store, ignore_errors=True)
@@ -118,19 +157,31 @@ def sweep(template: Path, work: Path, hooks: list[str], argv: list[str]) -> None
         raise SystemExit(f"the uninterrupted run failed ({status}): {message}")
     calls = json.loads(calls_file.read_text())
     expected = files(store)
+    sites: set[tuple[str, str]] = set()
     for point in range(1, len(calls) + 1):
-        store, args = fresh("killed.store")
-        killed, message = run(args, hooks, kill_at=point)
-        rerun, message = run(args, []) if killed == -signal.SIGKILL else (killed, message)
+        name, path, site = calls[point - 1]
+        if mode == "fail" and (name, site) in sites:
+            continue  # an error is handled where it is raised: each call site fails once
+        sites.add((name, site))
+        store, args = fresh("stopped.store")
+        stopped, message = run(args, hooks, mode, stop_at=point)
+        problems = failure_problems(store, stopped, message) if mode == "fail" else []
+        rerun, message = run(args, [])
         got = files(store) if rerun == 0 else {}
         differs = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k)) if rerun == 0 else []
-        name, path = calls[point - 1]
-        line = {"point": point, "call": name, "path": path, "killed": killed, "rerun": rerun, "differs": differs}
-        if rerun != 0:
-            line["error"] = message[-1000:]
+        line = {
+            "point": point,
+            "call": name,
+            "site": site,
+            "path": path,
+            "stopped": stopped,
+            "rerun": rerun,
+            "differs": differs,
+        }
+        line["problems"] = problems + ([f"re-run failed: {message[-1000:]}"] if rerun != 0 else [])
         print(json.dumps(line), flush=True)
-    print(json.dumps({"points": len(calls), "calls": Counter(name for name, _ in calls)}), flush=True)
+    print(json.dumps({"calls": len(calls), "sites": len(sites), "by_name": Counter(c[0] for c in calls)}), flush=True)
 
 
 if __name__ == "__main__":
-    sweep(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split(","), sys.argv[4:])
+    sweep(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4].split(","), sys.argv[5:])

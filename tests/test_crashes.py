@@ -23,7 +23,7 @@ from pilestore.tokens import TokenView
 
 from .conftest import read_source_lines
 
-KILLS = 10  # per chain; two chains per command
+KILLS = 6  # per chain; two chains per command (tests/killpoints.py stops at every file step besides)
 
 
 def start(*args: str) -> subprocess.Popen:
@@ -136,14 +136,16 @@ def test_ingest_killed_in_its_commit_reruns_to_the_same_documents(
 
 
 KILLPOINTS = Path(__file__).with_name("killpoints.py")
-FILE_STEPS = (
-    "replace,rename,unlink,copyfile"  # fsync left out: a kill before it leaves what a kill before the rename does
-)
+STEPS = {  # a kill before an fsync leaves what a kill before the rename does; a full disk shows at fsync
+    "kill": "replace,rename,unlink,copyfile",
+    "fail": "replace,fsync,copyfile",
+}
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory, sample_path: Path, model: Path) -> dict[str, Path]:
     """Small sources (documents under 20 KB) and stores made of them: a point of the sweeps costs ~0.5 s."""
+    from pilestore.indexes import build_indexes
     from pilestore.ingest import ingest
     from pilestore.tokens import tokenize
 
@@ -155,15 +157,17 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, sample_path: Path, model: Pat
         paths[name].write_bytes(b"\n".join(chunk) + b"\n")
     ingest([paths["a"], paths["b"]], folder / "ab.store")
     ingest([paths["c"]], folder / "c.store")
-    for name in ("ab_tokens", "c_tokens"):
-        shutil.copytree(folder / f"{name[0:-7]}.store", folder / f"{name}.store")
-        tokenize(pilestore.open(folder / f"{name}.store"), model)
+    for name in ("ab", "c"):
+        store = folder / f"{name}_tokens.store"
+        shutil.copytree(folder / f"{name}.store", store)
+        view = TokenView(Path(tokenize(pilestore.open(store), model)["view"]))
+        build_indexes(view, pilestore.open(store), 64, 16, "bestfit")
     return {**paths, **{p.stem: p for p in folder.glob("*.store")}, "model": model}
 
 
-def sweep(template: Path, work: Path, *argv: str) -> tuple[list[dict], dict]:
+def sweep(mode: str, template: Path, work: Path, *argv: str) -> tuple[list[dict], dict]:
     done = subprocess.run(
-        [sys.executable, str(KILLPOINTS), str(template), str(work), FILE_STEPS, *argv],
+        [sys.executable, str(KILLPOINTS), mode, str(template), str(work), STEPS[mode], *argv],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -171,14 +175,17 @@ def sweep(template: Path, work: Path, *argv: str) -> tuple[list[dict], dict]:
     return lines[:-1], lines[-1]
 
 
+@pytest.mark.parametrize("mode", ["kill", "fail"])
 @pytest.mark.parametrize("command", ["ingest", "tokenize", "index", "merge"])
-def test_killed_before_each_file_step_reruns_to_the_same_store(
-    command: str, tiny: dict[str, Path], tmp_path: Path
+def test_stopped_before_each_file_step_reruns_to_the_same_store(
+    command: str, mode: str, tiny: dict[str, Path], tmp_path: Path
 ) -> None:
-    """kill -9 just before each rename, unlink and copy a command makes (tests/killpoints.py): the re-run leaves
-    exactly the files of an uninterrupted run, no temporary file, no partial copy, nothing missing. (Before,
-    a kill while tokenize copied tokenizer.model left it cut short for good; one before a JSON file's rename
-    left a `.NAME.tmp-PID` behind; a merge killed after its commit never carried the token views over.)"""
+    """Stopped just before each rename, unlink, copy (and, failing, fsync) a command makes (tests/killpoints.py):
+    by kill -9, or by a full disk (ENOSPC: exit 1, a one-line error naming the file, no temporary file left).
+    Either way the re-run leaves exactly the files of an uninterrupted run: no temporary file, no partial copy,
+    nothing missing. (Before: a kill while tokenize copied tokenizer.model left it cut short for good; one
+    before a JSON file's rename left a `.NAME.tmp-PID` behind; a merge killed after its commit never carried
+    the token views over; a full disk at a token file's fsync said only 'No space left on device'.)"""
     tokens = ["--tokenizer", str(tiny["model"]), "--seq-len", "64", "--context", "16", "--workers", "1"]
     template, argv = {
         "ingest": (tmp_path / "none", ["ingest", str(tiny["a"]), str(tiny["b"]), "--store", "{store}"]),
@@ -187,11 +194,12 @@ def test_killed_before_each_file_step_reruns_to_the_same_store(
                                       "--val-fraction", "0.2"]),
         "merge": (tmp_path / "none", ["merge", str(tiny["ab_tokens"]), str(tiny["c_tokens"]), "--store", "{store}"]),
     }[command]  # fmt: skip
-    points, summary = sweep(template, tmp_path, *argv)
-    assert summary["points"] == len(points) >= 5 and summary["calls"].get("replace", 0) >= 3, summary
+    points, summary = sweep(mode, template, tmp_path, *argv)
+    assert len(points) == (summary["calls"] if mode == "kill" else summary["sites"]) >= 5, summary
+    assert summary["by_name"].get("replace", 0) >= 3, summary
     for point in points:
-        assert point["killed"] == -signal.SIGKILL, point  # every step was reached: the sweep covered it
-        assert point["rerun"] == 0 and point["differs"] == [], point
+        assert point["stopped"] == (-signal.SIGKILL if mode == "kill" else 1), point  # the step was reached
+        assert point["problems"] == [] and point["rerun"] == 0 and point["differs"] == [], point
 
 
 def test_an_export_killed_midway_leaves_a_temp_file_that_the_next_export_removes(

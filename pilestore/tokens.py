@@ -142,89 +142,103 @@ def _write_partition(
     dtype: np.dtype,
     threads: int,
     on_docs: Callable[[int], None],
-) -> dict[str, int]:
+) -> dict[str, Any]:
+    """Tokenize partition p into its five files, then its .done marker; a failure leaves none of them."""
+    stem = folder / f"p{p:05d}"
+    tmp = {ext: stem.with_suffix(f".{ext}.tmp") for ext in FILES}
+    try:
+        done = _write_files(store, p, tokenizer, tmp, dtype, threads, on_docs)
+        for ext, path in tmp.items():
+            os.replace(path, stem.with_suffix(f".{ext}"))
+    except BaseException:
+        for path in tmp.values():  # the files already renamed are not done until .done says so
+            path.unlink(missing_ok=True)
+        raise
+    write_sealed(stem.with_suffix(".done"), done)
+    return done
+
+
+def _write_files(
+    store: Store,
+    p: int,
+    tokenizer: Tokenizer,
+    tmp: dict[str, Path],
+    dtype: np.dtype,
+    threads: int,
+    on_docs: Callable[[int], None],
+) -> dict[str, Any]:
+    """The files of partition p at their temporary paths `tmp`, fsync'ed; returns the record for its .done."""
     import pyarrow as pa
     import xxhash
 
     from .index import arrow_table
 
-    stem = folder / f"p{p:05d}"
-    tmp = {ext: stem.with_suffix(f".{ext}.tmp") for ext in FILES}
     # per flushed batch, each document's first token, tokens and UTF-8 bytes: 8 bytes a number, not a Python int
     columns: dict[str, list[np.ndarray]] = {"start": [], "n_tokens": [], "n_bytes": []}
     position = 0
     hashes = {ext: hashlib.sha256() for ext in ("tokens", "lens", "long")}  # of what is written, as it is written
     quick = {ext: xxhash.xxh3_128() for ext in ("lens", "long")}  # checked before every index build reads them
-    try:
-        with (
-            open(tmp["tokens"], "wb") as tok_out,
-            open(tmp["lens"], "wb") as lens_out,
-            open(tmp["long"], "wb") as long_out,
-        ):
-            outs = {"tokens": tok_out, "lens": lens_out, "long": long_out}
-            batch: list[str] = []
+    with (
+        open(tmp["tokens"], "wb") as tok_out,
+        open(tmp["lens"], "wb") as lens_out,
+        open(tmp["long"], "wb") as long_out,
+    ):
+        outs = {"tokens": tok_out, "lens": lens_out, "long": long_out}
+        batch: list[str] = []
 
-            def flush() -> None:
-                nonlocal position
-                ids, ends, counts = tokenizer.encode_batch(batch, threads=threads)
-                if len(ids) and ids.max() >= tokenizer.vocab_size:
-                    raise TokensError(f"token id {ids.max()} outside the vocabulary of {tokenizer.vocab_size}")
-                lengths, pairs = token_bytes.encode(ends, counts, position)
-                for ext, data in (("tokens", ids.astype(dtype)), ("lens", lengths), ("long", pairs)):
-                    raw = data.tobytes()
-                    with naming(tmp[ext]):
-                        outs[ext].write(raw)
-                    hashes[ext].update(raw)
-                    if ext in quick:
-                        quick[ext].update(raw)
-                columns["start"].append(position + np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64))
-                columns["n_tokens"].append(np.asarray(counts, np.int64))
-                columns["n_bytes"].append(np.array([len(encode_text(text)) for text in batch], np.int64))
-                position += len(ids)
-                on_docs(len(batch))
-                batch.clear()
-
-            for document in store.iter_partition(p):
-                batch.append(document.text)
-                if len(batch) >= BATCH_DOCS:
-                    flush()
-            if batch:
-                flush()
-            for ext, fh in outs.items():
+        def flush() -> None:
+            nonlocal position
+            ids, ends, counts = tokenizer.encode_batch(batch, threads=threads)
+            if len(ids) and ids.max() >= tokenizer.vocab_size:
+                raise TokensError(f"token id {ids.max()} outside the vocabulary of {tokenizer.vocab_size}")
+            lengths, pairs = token_bytes.encode(ends, counts, position)
+            for ext, data in (("tokens", ids.astype(dtype)), ("lens", lengths), ("long", pairs)):
+                raw = data.tobytes()
                 with naming(tmp[ext]):
-                    fh.flush()
-                    os.fsync(fh.fileno())
-        table = arrow_table({key: np.concatenate(chunks or [np.zeros(0, np.int64)]) for key, chunks in columns.items()})
-        with naming(tmp["arrow"]), open(tmp["arrow"], "wb") as fh:
-            with pa.ipc.new_file(fh, table.schema) as writer:
-                writer.write_table(table)
-            os.fsync(fh.fileno())
-        with naming(tmp["sums"]), open(tmp["sums"], "wb") as fh:
-            fh.write(block_sums(tmp["tokens"]).astype("<u8").tobytes())
-            os.fsync(fh.fileno())
-        sha256 = {ext: h.hexdigest() for ext, h in hashes.items()}
-        sha256["arrow"] = file_sha256(tmp["arrow"])
-        sha256["sums"] = file_sha256(tmp["sums"])
-        xxh3 = {ext: h.hexdigest() for ext, h in quick.items()}
-        xxh3["arrow"] = xxhash.xxh3_128_hexdigest(tmp["arrow"].read_bytes())
-        for ext, path in tmp.items():
-            os.replace(path, stem.with_suffix(f".{ext}"))
-    except BaseException:
-        for path in tmp.values():  # a failed partition leaves nothing (the files already renamed wait for .done)
-            path.unlink(missing_ok=True)
-        raise
-    done = {
+                    outs[ext].write(raw)
+                hashes[ext].update(raw)
+                if ext in quick:
+                    quick[ext].update(raw)
+            columns["start"].append(position + np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64))
+            columns["n_tokens"].append(np.asarray(counts, np.int64))
+            columns["n_bytes"].append(np.array([len(encode_text(text)) for text in batch], np.int64))
+            position += len(ids)
+            on_docs(len(batch))
+            batch.clear()
+
+        for document in store.iter_partition(p):
+            batch.append(document.text)
+            if len(batch) >= BATCH_DOCS:
+                flush()
+        if batch:
+            flush()
+        for ext, fh in outs.items():
+            with naming(tmp[ext]):
+                fh.flush()
+                os.fsync(fh.fileno())
+    table = arrow_table({key: np.concatenate(chunks or [np.zeros(0, np.int64)]) for key, chunks in columns.items()})
+    with naming(tmp["arrow"]), open(tmp["arrow"], "wb") as fh:
+        with pa.ipc.new_file(fh, table.schema) as writer:
+            writer.write_table(table)
+        os.fsync(fh.fileno())
+    with naming(tmp["sums"]), open(tmp["sums"], "wb") as fh:
+        fh.write(block_sums(tmp["tokens"]).astype("<u8").tobytes())
+        os.fsync(fh.fileno())
+    sha256 = {ext: h.hexdigest() for ext, h in hashes.items()}
+    sha256["arrow"] = file_sha256(tmp["arrow"])
+    sha256["sums"] = file_sha256(tmp["sums"])
+    xxh3 = {ext: h.hexdigest() for ext, h in quick.items()}
+    xxh3["arrow"] = xxhash.xxh3_128_hexdigest(tmp["arrow"].read_bytes())
+    return {
         "documents": len(table),
         "tokens": position,
         "bytes": int(table["n_bytes"].to_numpy().sum()),
         "sha256": sha256,
         "xxh3": xxh3,
     }
-    write_sealed(stem.with_suffix(".done"), done)
-    return done
 
 
-def _partition_task(store_path: Path, p: int, tokenizer_path: Path, folder: Path, threads: int) -> dict[str, int]:
+def _partition_task(store_path: Path, p: int, tokenizer_path: Path, folder: Path, threads: int) -> dict[str, Any]:
     """One partition as a Ray task: opens the store and the tokenizer where it runs."""
     from . import open as open_store
 

@@ -1,6 +1,6 @@
 """Stop a pilestore command at each of its file-system steps, re-run it, and compare with an uninterrupted run.
 
-    python tests/killpoints.py kill|fail TEMPLATE WORK CALLS tokenize --store {store} --tokenizer tok.model ...
+    python tests/killpoints.py kill|fail|interrupt TEMPLATE WORK CALLS tokenize --store {store} --tokenizer tok.model
 
 For N = 1, 2, ...: TEMPLATE is copied to a fresh store (none if it does not exist), the command runs in a forked
 child that is stopped just before its N-th call of one of CALLS (comma-separated, of os.replace, os.rename,
@@ -10,12 +10,13 @@ number of such calls that run made. How the child is stopped:
 
 - kill: it SIGKILLs itself (nothing is cleaned up; a copy is first cut to half its bytes: a kill during it);
 - fail: the call raises OSError(ENOSPC), as a full disk would (fsync's without a file name, as the kernel's);
-  the command must then exit 1 with a one-line error that names a file, and leave no temporary file.
+  the command must then exit 1 with a one-line error that names a file, and leave no temporary file;
+- interrupt: the call raises KeyboardInterrupt (Ctrl-C); the command must exit 130 and leave no temporary file.
 
 One JSON line per point on stdout: {"point", "call", "path", "stopped", "rerun": exit statuses, "differs":
 [files], "problems": [what the failed run did wrong]}, then {"calls": N, "sites": distinct (name, pilestore
 file:line), "by_name": {name: count}}. In fail mode each call site is failed once (its first call), not every
-call: the error is handled where it is raised.
+call: the error is handled where it is raised (the same in interrupt mode).
 
 Children are forked from this process, which has imported what the commands use, so a point costs the
 command's own work, not an interpreter start (the random kills of test_crashes.py cover whole processes).
@@ -48,6 +49,8 @@ VOLATILE = {"created", "updated", "seconds", "seal"}  # JSON keys that differ be
 
 
 def _stop(mode: str, name: str, args: tuple[Any, ...]) -> None:
+    if mode == "interrupt":
+        raise KeyboardInterrupt
     if mode == "fail":
         where = None if name == "fsync" else str(args[0])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), where)
@@ -130,13 +133,14 @@ def files(store: Path) -> dict[str, Any]:
     return {str(p.relative_to(store)): _comparable(p) for p in found}
 
 
-def failure_problems(store: Path, status: int, message: str) -> list[str]:
-    """What a run failed by a full disk did wrong: its exit status, its error line, temporary files it left."""
+def failure_problems(mode: str, store: Path, status: int, message: str) -> list[str]:
+    """What a run stopped by an error did wrong: its exit status, its error line, temporary files it left."""
     problems = []
-    if status != 1:
-        problems.append(f"exit status {status}, not 1")
-    if "Traceback" in message or not re.search(r"^Error: /\S+: No space left on device$", message, re.MULTILINE):
-        problems.append(f"no one-line error naming a file: {message[-600:]!r}")
+    if status != {"fail": 1, "interrupt": 130}[mode]:
+        problems.append(f"exit status {status}")
+    line = r"^Error: /\S+: No space left on device$" if mode == "fail" else r"^interrupted\. Re-run the same command"
+    if "Traceback" in message or not re.search(line, message, re.MULTILINE):
+        problems.append(f"not the one-line error expected: {message[-600:]!r}")
     left = [p for p in store.rglob("*") if is_temp(p.name) and STAGING_DIR not in p.relative_to(store).parts]
     problems += [f"left {p}" for p in left]
     return problems
@@ -160,12 +164,12 @@ def sweep(mode: str, template: Path, work: Path, hooks: list[str], argv: list[st
     sites: set[tuple[str, str]] = set()
     for point in range(1, len(calls) + 1):
         name, path, site = calls[point - 1]
-        if mode == "fail" and (name, site) in sites:
+        if mode != "kill" and (name, site) in sites:
             continue  # an error is handled where it is raised: each call site fails once
         sites.add((name, site))
         store, args = fresh("stopped.store")
         stopped, message = run(args, hooks, mode, stop_at=point)
-        problems = failure_problems(store, stopped, message) if mode == "fail" else []
+        problems = failure_problems(mode, store, stopped, message) if mode != "kill" else []
         rerun, message = run(args, [])
         got = files(store) if rerun == 0 else {}
         differs = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k)) if rerun == 0 else []

@@ -139,6 +139,7 @@ KILLPOINTS = Path(__file__).with_name("killpoints.py")
 STEPS = {  # a kill before an fsync leaves what a kill before the rename does; a full disk shows at fsync
     "kill": "replace,rename,unlink,copyfile",
     "fail": "replace,fsync,copyfile",
+    "interrupt": "replace,rename,unlink,fsync,copyfile",
 }
 
 
@@ -175,13 +176,14 @@ def sweep(mode: str, template: Path, work: Path, *argv: str) -> tuple[list[dict]
     return lines[:-1], lines[-1]
 
 
-@pytest.mark.parametrize("mode", ["kill", "fail"])
+@pytest.mark.parametrize("mode", ["kill", "fail", "interrupt"])
 @pytest.mark.parametrize("command", ["ingest", "tokenize", "index", "merge"])
 def test_stopped_before_each_file_step_reruns_to_the_same_store(
     command: str, mode: str, tiny: dict[str, Path], tmp_path: Path
 ) -> None:
     """Stopped just before each rename, unlink, copy (and, failing, fsync) a command makes (tests/killpoints.py):
-    by kill -9, or by a full disk (ENOSPC: exit 1, a one-line error naming the file, no temporary file left).
+    by kill -9, by a full disk (ENOSPC: exit 1, a one-line error naming the file, no temporary file left) or by
+    Ctrl-C (exit 130, no temporary file left).
     Either way the re-run leaves exactly the files of an uninterrupted run: no temporary file, no partial copy,
     nothing missing. (Before: a kill while tokenize copied tokenizer.model left it cut short for good; one
     before a JSON file's rename left a `.NAME.tmp-PID` behind; a merge killed after its commit never carried
@@ -198,7 +200,7 @@ def test_stopped_before_each_file_step_reruns_to_the_same_store(
     assert len(points) == (summary["calls"] if mode == "kill" else summary["sites"]) >= 5, summary
     assert summary["by_name"].get("replace", 0) >= 3, summary
     for point in points:
-        assert point["stopped"] == (-signal.SIGKILL if mode == "kill" else 1), point  # the step was reached
+        assert point["stopped"] == {"kill": -signal.SIGKILL, "fail": 1, "interrupt": 130}[mode], point  # reached
         assert point["problems"] == [] and point["rerun"] == 0 and point["differs"] == [], point
 
 

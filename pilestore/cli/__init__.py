@@ -28,7 +28,7 @@ class PilestoreGroup(click.Group):
             where = f"{err.filename}: " if err.filename else ""
             raise click.ClickException(f"{where}{err.strerror or err}") from err
         except KeyboardInterrupt:
-            click.echo("interrupted; nothing was committed. Re-run the same command to finish.", err=True)
+            click.echo("interrupted. Re-run the same command to finish: what it had completed is kept.", err=True)
             sys.exit(130)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +34,11 @@ from .ingest import _commit
 from .manifest import STAGING_DIR, read_or_empty, read_sealed, writer_lock
 from .shards import file_sha256
 from .store import Store
-from .tokens import FILES, TOKENS_DIR, VIEW_FILE
+from .tokens import FILES, TOKENS_DIR, VIEW_FILE, TokenView
 
 if TYPE_CHECKING:
     from .indexes import StageCallback
+    from .samples import IndexShape
 
 ENTRY_KEYS_NOT_COPIED = ("id", "file", "index", "pilestore_version")
 
@@ -135,9 +136,9 @@ def _merge_view(
     sources' shapes, and the target's own that the new partitions put behind); None if all that is done.
 
     Each step is skipped where it is done, so that re-running a merge killed at any point completes it."""
-    from .indexes import _no_stages, build_index, shapes_behind
+    from .indexes import _no_stages, build_index
     from .samples import SAMPLES_DIR, IndexShape
-    from .tokens import TokenView, tokenize
+    from .tokens import tokenize
 
     folder = merged.path / TOKENS_DIR / name
     source_folders = {id(store): store.path / TOKENS_DIR / name for store, _, _ in held}
@@ -157,25 +158,25 @@ def _merge_view(
             _place(src / f"p{p:05d}.{ext}", folder / f"p{new:05d}.{ext}")
     result = tokenize(merged, folder / "tokenizer.model")  # every partition is done: writes view.json only
     view = TokenView(folder)
-    rebuilt = []
     stages = on_stage or _no_stages
     with writer_lock(merged.path):
-        built = {path.stem for path in (folder / SAMPLES_DIR).glob("*.json")}
-        behind = {shape.name: shape for shape in shapes_behind(view)}  # the target's own too, made before the merge
-        todo = {n: shape for n, shape in shapes.items() if n not in built} | behind
-        for shape in todo.values():
-            rebuilt.append(build_index(view, merged, shape, stages)["name"])
+        rebuilt = [build_index(view, merged, shape, stages)["name"] for shape in _to_build(view, shapes).values()]
     return {"view": name, "tokens": result["tokens"], "indexes": rebuilt}
 
 
-def _view_done(folder: Path, partitions: int, shapes: Iterable[str]) -> bool:
-    """The view covers the first `partitions` partitions (the merged ones among them) and has an index of each
-    shape, none of them behind."""
+def _to_build(view: TokenView, shapes: Mapping[str, IndexShape]) -> dict[str, IndexShape]:
+    """The sources' index shapes the view has no index of, and the indexes of the view that are behind it (the
+    target's own too, made before the merge), by name."""
     from .indexes import shapes_behind
     from .samples import SAMPLES_DIR
-    from .tokens import TokenView
 
-    if not (folder / VIEW_FILE).exists() or TokenView(folder).num_partitions < partitions:
+    built = {path.stem for path in (view.folder / SAMPLES_DIR).glob("*.json")}
+    return {n: shape for n, shape in shapes.items() if n not in built} | {s.name: s for s in shapes_behind(view)}
+
+
+def _view_done(folder: Path, partitions: int, shapes: Mapping[str, IndexShape]) -> bool:
+    """The view covers the first `partitions` partitions (the merged ones among them) and needs no index built."""
+    if not (folder / VIEW_FILE).exists():
         return False
-    indexed = all((folder / SAMPLES_DIR / f"{name}.json").exists() for name in shapes)
-    return indexed and not shapes_behind(TokenView(folder))
+    view = TokenView(folder)
+    return view.num_partitions >= partitions and not _to_build(view, shapes)

@@ -3,6 +3,7 @@ hashes of every tokenized view's files and sample indexes."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import apsw
 from . import partition
 from .document import checksum, encode_text
 from .errors import CorruptDocumentError, StoreFormatError
+from .index import map_columns
 from .manifest import read_sealed
 from .samples import GENERATION_KEY, REBUILD
 from .shards import file_sha256
@@ -102,39 +104,30 @@ def verify(store: Store, on_document: Callable[[int], None] = lambda n: None) ->
     return report
 
 
-def _check_hash(path: Path, expected: str | None, report: VerifyReport) -> None:
+def _check_hash(
+    path: Path, expected: str | None, report: VerifyReport, explain: Callable[[Path], str | None] = lambda path: None
+) -> None:
+    """A problem if the file is missing or its sha256 is not `expected`; `explain` may say why it differs."""
     if expected is None:
         report.problems.append(f"{path}: no sha256 recorded (written by an older pilestore); re-run the command")
     elif not path.exists():
         report.problems.append(f"{path}: missing")
     elif file_sha256(path) != expected:
-        report.problems.append(f"{path}: sha256 differs from the recorded one (the file was changed or damaged)")
+        why = explain(path) or "sha256 differs from the recorded one (the file was changed or damaged)"
+        report.problems.append(f"{path}: {why}")
 
 
-def _check_index_file(path: Path, expected: str | None, generation: str | None, report: VerifyReport) -> None:
-    """_check_hash, telling a file of another build (a rebuild killed between its renames) from a damaged one."""
-    if expected is None or not path.exists():
-        _check_hash(path, expected, report)
-        return
-    if file_sha256(path) == expected:
-        return
-    found = _generation_of(path)
-    if found is not None and found != generation:
-        report.problems.append(f"{path}: from another build than its .json (a rebuild that did not finish); {REBUILD}")
-    else:
-        report.problems.append(f"{path}: sha256 differs from the recorded one (the file was changed or damaged)")
-
-
-def _generation_of(path: Path) -> str | None:
-    """The build an index file says it belongs to (its schema metadata); None if that cannot be read."""
-    import pyarrow as pa
-
+def _another_build(path: Path, generation: str | None) -> str | None:
+    """Why a sample index file differs from its .json's hash if it belongs to another build (a rebuild killed
+    between renaming its files and writing its .json); None if it says it is the .json's build, or cannot say."""
+    found: dict[bytes, bytes] = {}
     try:
-        with pa.memory_map(str(path)) as source:
-            value = (pa.ipc.open_file(source).schema.metadata or {}).get(GENERATION_KEY.encode())
-    except (OSError, pa.ArrowException):
+        map_columns(path, metadata=found)
+    except StoreFormatError:
         return None
-    return value.decode(errors="replace") if value is not None else None
+    if found.get(GENERATION_KEY.encode(), b"").decode(errors="replace") in ("", generation):
+        return None
+    return f"from another build than its .json (a rebuild that did not finish); {REBUILD}"
 
 
 def _check_view(folder: Path, report: VerifyReport) -> None:
@@ -166,4 +159,5 @@ def _check_view(folder: Path, report: VerifyReport) -> None:
         stem = info_file.name.removesuffix(".json")
         for part in ("spans", "samples", "rows"):
             name = f"{stem}.{part}.arrow"
-            _check_index_file(folder / "samples" / name, (recorded or {}).get(name), info.get("generation"), report)
+            explain = functools.partial(_another_build, generation=info.get("generation"))
+            _check_hash(folder / "samples" / name, (recorded or {}).get(name), report, explain)

@@ -40,7 +40,10 @@ def export(store: Store, out: Path, *, level: int = 3, on_document: DocCallback 
                 count = write_lines(store, raw, on_document)
             raw.flush()
             os.fsync(raw.fileno())
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError as err:  # it names the temporary file, which is removed next: name the output instead
+            raise OSError(err.errno, err.strerror, str(out)) from err
     finally:
         tmp.unlink(missing_ok=True)
     return count

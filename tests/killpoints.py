@@ -13,10 +13,10 @@ number of such calls that run made. How the child is stopped:
   the command must then exit 1 with a one-line error that names a file, and leave no temporary file;
 - interrupt: the call raises KeyboardInterrupt (Ctrl-C); the command must exit 130 and leave no temporary file.
 
-One JSON line per point on stdout: {"point", "call", "path", "stopped", "rerun": exit statuses, "differs":
-[files], "problems": [what the failed run did wrong]}, then {"calls": N, "sites": distinct (name, pilestore
-file:line), "by_name": {name: count}}. In fail mode each call site is failed once (its first call), not every
-call: the error is handled where it is raised (the same in interrupt mode).
+One JSON line per point on stdout: {"point", "call", "path", "stopped", "error": its stderr, "rerun": exit
+statuses, "differs": [files], "problems": [what the failed run did wrong]}, then {"calls": N, "sites": distinct
+(name, pilestore file:line), "by_name": {name: count}}. In fail mode each call site is failed once (its first
+call), not every call: the error is handled where it is raised (the same in interrupt mode).
 
 Children are forked from this process, which has imported what the commands use, so a point costs the
 command's own work, not an interpreter start (the random kills of test_crashes.py cover whole processes).
@@ -170,6 +170,7 @@ def sweep(mode: str, template: Path, work: Path, hooks: list[str], argv: list[st
         store, args = fresh("stopped.store")
         stopped, message = run(args, hooks, mode, stop_at=point)
         problems = failure_problems(mode, store, stopped, message) if mode != "kill" else []
+        error = message
         rerun, message = run(args, [])
         got = files(store) if rerun == 0 else {}
         differs = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k)) if rerun == 0 else []
@@ -182,6 +183,7 @@ def sweep(mode: str, template: Path, work: Path, hooks: list[str], argv: list[st
             "rerun": rerun,
             "differs": differs,
         }
+        line["error"] = error[-1000:]
         line["problems"] = problems + ([f"re-run failed: {message[-1000:]}"] if rerun != 0 else [])
         print(json.dumps(line), flush=True)
     print(json.dumps({"calls": len(calls), "sites": len(sites), "by_name": Counter(c[0] for c in calls)}), flush=True)

@@ -1,5 +1,6 @@
-"""kill -9 at 20 random points of an ingest and of a tokenize: after each kill nothing looks complete that is
-not, and the re-run finishes with exactly the documents / token files of an uninterrupted run."""
+"""kill -9 at 12 random points of an ingest and of a tokenize, and every command stopped before each of its file
+steps (tests/killpoints.py: kill -9, full disk, Ctrl-C): after each stop nothing looks complete that is not, and
+the re-run finishes with exactly the documents / files of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -177,17 +178,18 @@ def sweep(mode: str, template: Path, work: Path, *argv: str) -> tuple[list[dict]
 
 
 @pytest.mark.parametrize("mode", ["kill", "fail", "interrupt"])
-@pytest.mark.parametrize("command", ["ingest", "tokenize", "index", "merge"])
+@pytest.mark.parametrize("command", ["ingest", "tokenize", "index", "merge", "export"])
 def test_stopped_before_each_file_step_reruns_to_the_same_store(
     command: str, mode: str, tiny: dict[str, Path], tmp_path: Path
 ) -> None:
     """Stopped just before each rename, unlink, copy (and, failing, fsync) a command makes (tests/killpoints.py):
     by kill -9, by a full disk (ENOSPC: exit 1, a one-line error naming the file, no temporary file left) or by
-    Ctrl-C (exit 130, no temporary file left).
-    Either way the re-run leaves exactly the files of an uninterrupted run: no temporary file, no partial copy,
-    nothing missing. (Before: a kill while tokenize copied tokenizer.model left it cut short for good; one
-    before a JSON file's rename left a `.NAME.tmp-PID` behind; a merge killed after its commit never carried
-    the token views over; a full disk at a token file's fsync said only 'No space left on device'.)"""
+    Ctrl-C (exit 130, no temporary file left). Each way the re-run leaves exactly the files of an uninterrupted
+    run (export: its output folder): no temporary file, no partial copy, nothing missing. (Before: a kill while
+    tokenize copied tokenizer.model left it cut short for good; one before a JSON file's rename left a
+    `.NAME.tmp-PID` behind; a merge killed after its commit never carried the token views over; a full disk at
+    a token file's fsync said only 'No space left on device'; a failed rename in export named its removed
+    temporary file.)"""
     tokens = ["--tokenizer", str(tiny["model"]), "--seq-len", "64", "--context", "16", "--workers", "1"]
     template, argv = {
         "ingest": (tmp_path / "none", ["ingest", str(tiny["a"]), str(tiny["b"]), "--store", "{store}"]),
@@ -195,13 +197,19 @@ def test_stopped_before_each_file_step_reruns_to_the_same_store(
         "index": (tiny["ab_tokens"], ["index", "--store", "{store}", "--seq-len", "32", "--context", "8",
                                       "--val-fraction", "0.2"]),
         "merge": (tmp_path / "none", ["merge", str(tiny["ab_tokens"]), str(tiny["c_tokens"]), "--store", "{store}"]),
+        "export": (tmp_path / "empty", ["export", "--store", str(tiny["ab"]), "--out", "{store}/all.jsonl.zst",
+                                        "--force"]),
     }[command]  # fmt: skip
+    (tmp_path / "empty").mkdir()
     points, summary = sweep(mode, template, tmp_path, *argv)
-    assert len(points) == (summary["calls"] if mode == "kill" else summary["sites"]) >= 5, summary
-    assert summary["by_name"].get("replace", 0) >= 3, summary
+    least = 1 if command == "export" else 3  # one file written, or many: the sweep must have reached them
+    assert len(points) == (summary["calls"] if mode == "kill" else summary["sites"]) >= 2 * least, summary
+    assert summary["by_name"].get("replace", 0) >= least, summary
     for point in points:
         assert point["stopped"] == {"kill": -signal.SIGKILL, "fail": 1, "interrupt": 130}[mode], point  # reached
         assert point["problems"] == [] and point["rerun"] == 0 and point["differs"] == [], point
+        if command == "export" and mode == "fail":  # the error names the output, not its temporary file
+            assert point["error"].startswith(f"Error: {tmp_path / 'stopped.store' / 'all.jsonl.zst'}: "), point
 
 
 def test_an_export_killed_midway_leaves_a_temp_file_that_the_next_export_removes(

@@ -53,8 +53,10 @@ def run_tasks(
     address: str | None = None,
     num_cpus: float = 1,
     on_done: Callable[[int, Any], None] = lambda k, result: None,
+    names: Sequence[str] = (),
 ) -> list[Any]:
-    """fn(*job) for every job as a Ray task; results in job order. on_done(k, result) as each one finishes."""
+    """fn(*job) for every job as a Ray task; results in job order. on_done(k, result) as each one finishes.
+    names[k] says what job k is (a source, a partition) in the error raised when its task is lost."""
     if not jobs:
         return []
     ray = connect(address)
@@ -72,6 +74,9 @@ def run_tasks(
             except ray.exceptions.RayTaskError as err:
                 cause = getattr(err, "cause", None)
                 raise (cause if isinstance(cause, BaseException) else PilestoreError(str(err))) from None
+            except ray.exceptions.RayError as err:  # not raised by fn: its worker or node died
+                name = names[k] if k < len(names) else f"task {k + 1} of {len(refs)}"
+                raise PilestoreError(lost_task(name, err)) from None
             on_done(k, results[k])
     except BaseException:
         for ref in pending:
@@ -80,3 +85,13 @@ def run_tasks(
             ray.wait(pending, num_returns=len(pending), timeout=120)  # lock is released and a re-run starts
         raise
     return results
+
+
+def lost_task(name: str, err: BaseException) -> str:
+    """The error for a task that Ray lost (its worker killed, e.g. for memory, or its node gone): what it was,
+    Ray's own first line, and what to do."""
+    said = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return (
+        f"{name}: its Ray task was lost ({type(err).__name__}: {said[:300]}). Re-run the same command to "
+        "finish: what the other tasks completed is kept"
+    )

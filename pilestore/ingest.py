@@ -183,6 +183,7 @@ def _build_on_ray(
         address=address,
         num_cpus=threads,
         on_done=lambda k, result: on_progress(jobs[k][0].stat().st_size, result["documents"]),
+        names=[str(src) for src, _ in jobs],
     )
 
 

@@ -278,8 +278,9 @@ def tokenize(
         todo = [p for p in range(store.num_partitions) if p not in found]
         if executor == "ray":
             jobs = [(store.path, p, folder / "tokenizer.model", folder, threads) for p in todo]
+            names = [f"{store.path}: tokenize partition {p}" for p in todo]
             results = run_tasks(_partition_task, jobs, address=address, num_cpus=threads,
-                                on_done=lambda k, done: on_docs(done["documents"]))  # fmt: skip
+                                on_done=lambda k, done: on_docs(done["documents"]), names=names)  # fmt: skip
             found.update(zip(todo, results, strict=True))
         else:
             for p in todo:

@@ -4,8 +4,12 @@ failing task fails the command and leaves the store unchanged."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from pilestore.ingest import ingest
 from pilestore.tokens import tokenize
 
 from .conftest import read_source_lines
+from .killpoints import files
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +85,58 @@ def test_a_failing_ray_task_fails_the_ingest_and_leaves_the_store_unchanged(
     assert (store / "manifest.json").read_bytes() == before and len(pilestore.open(store)) == 500
     ingest([sample_path], store, threads=1, executor="ray")  # at once: no cancelled task still writes
     assert len(pilestore.open(store)) == 500 + len(read_source_lines(sample_path))
+
+
+def _kill_task_when_it_runs(title: str, killed: list[str]) -> threading.Thread:
+    """A thread that SIGKILLs the first Ray worker process found running the task `title` (Ray names a busy
+    worker `ray::FUNCTION`), as the kernel's OOM killer or a lost node would, and notes what it killed."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for line in subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines():
+                pid, _, args = line.strip().partition(" ")
+                if args.startswith(f"ray::{title}"):
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed.append(args)
+                    return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_ray_task_killed_midway_fails_clearly_and_a_rerun_finishes(
+    ray_instance: None, sample_path: Path, sources: list[Path], model: Path, tmp_path: Path
+) -> None:
+    """A task's worker process killed (out of memory, node lost): the command fails with an error that names
+    the source or partition and says to re-run (not Ray's traceback), commits nothing, and its re-run gives
+    the files of a run that was never stopped."""
+    store, local = tmp_path / "killed.store", tmp_path / "local.store"
+    killed: list[str] = []
+    watcher = _kill_task_when_it_runs("_build_one", killed)
+    with pytest.raises(PilestoreError, match=r"sample\.jsonl\.zst: its Ray task was lost \(WorkerCrashedError: .*\)\. "
+                       r"Re-run the same command to finish"):  # fmt: skip
+        ingest([sample_path], store, threads=1, executor="ray")
+    watcher.join()
+    assert killed and not (store / "manifest.json").exists()
+    ingest([sample_path], store, threads=1, executor="ray")
+    ingest([sample_path], local, threads=1)
+    assert files(store) == files(local)  # .staging/ empty: the killed task's folder is gone
+
+    store, local = tmp_path / "killed-tokens.store", tmp_path / "local-tokens.store"
+    for s in (store, local):
+        ingest(sources, s, threads=1)
+    killed.clear()
+    watcher = _kill_task_when_it_runs("_partition_task", killed)
+    with pytest.raises(PilestoreError, match=r"tokenize partition \d: its Ray task was lost \(WorkerCrashedError"):
+        tokenize(pilestore.open(store), model, threads=1, executor="ray")
+    watcher.join()
+    assert killed and not list((store / "tokens").glob("*/view.json"))
+    tokenize(pilestore.open(store), model, threads=1, executor="ray")
+    tokenize(pilestore.open(local), model, threads=1)
+    assert files(store) == files(local)
 
 
 def test_the_cli_runs_on_ray(sources: list[Path], tmp_path: Path) -> None:

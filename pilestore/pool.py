@@ -1,7 +1,7 @@
 """Memory that a process reuses for the batches it receives, instead of fresh memory for each one.
 
-The trainer's process copies every batch out of its worker's ring slot (pilestore.ring) into memory of its own,
-and a DataLoader with no workers builds every batch in a new buffer. Fresh memory of a large batch is faulted
+A DataLoader with no workers builds every batch in a new buffer, as a worker does a batch that finds no free
+slot in its ring (pilestore.ring). Fresh memory of a large batch is faulted
 in a page at a time on first write, and glibc often returns large freed blocks to the kernel: in some trainer
 processes a batch of 128 lean int32 samples at seq_len 2048 (2 MB) cost ~320 page faults every time, 5x the
 time of the copy itself. A Pool keeps the memory of batches nobody holds any more and hands it out again,

@@ -7,9 +7,9 @@ faults in and maps fresh memory every time. A Ring is made once per worker: a fi
 slots, its space reserved up front (posix_fallocate: a full /dev/shm, as in a default Docker container, makes
 the ring fail to open here rather than crash a process later). The worker builds a batch in a free slot
 (claim; or copies one built elsewhere into a free slot: put) and sends only (ring name, slot, size); the
-trainer process maps the ring once, copies the slot into memory of its own (reused: pilestore.pool) and marks
-the slot free. A batch that does not fit, or finds no free slot, is sent by value as before, so a trainer that
-falls behind never blocks a worker.
+trainer process maps the ring once and reads the batch in the slot itself (lend: no copy), which is marked
+free when the batch and every view of it are gone. A batch that does not fit, or finds no free slot, is sent
+by value as before, so a trainer that falls behind, or keeps batches, never blocks a worker.
 
     header (4096 bytes)   magic, slot count, slot size, closed flag, one busy byte per slot
     slot k                at 4096 + k * slot_bytes
@@ -65,6 +65,7 @@ class Ring:
     claimed: dict[int, tuple[int, int]] = field(default_factory=dict)  # worker side: address -> (slot, claim number)
     _watched: dict[int, tuple[weakref.ref, int, tuple[int, int]]] = field(default_factory=dict)  # claimed arrays
     lock: threading.Lock = field(default_factory=threading.Lock)  # worker side: claim() and put() pick slots
+    _lent: dict[int, tuple[weakref.ref, int]] = field(default_factory=dict)  # trainer side: lend()'s arrays, slots
 
     @property
     def busy(self) -> np.ndarray:
@@ -134,10 +135,27 @@ class Ring:
 
     def take(self, k: int, out: np.ndarray) -> None:
         """Copy slot k into `out` (a contiguous array of the batch's size) and mark the slot free."""
-        if not 0 <= k < self.slots or out.nbytes > self.slot_bytes:
-            raise RingError(f"{self.name}: slot {k} of {out.nbytes} bytes does not fit this ring of {self.slots}")
+        self._check(k, out.nbytes)
         out.reshape(-1).view(np.uint8)[:] = self.slot(k, out.nbytes)
         self.map[_BUSY + k] = 0  # after the copy: the worker may write the slot again
+
+    def lend(self, k: int, count: int, dtype: np.dtype) -> np.ndarray:
+        """Slot k itself as an array of `count` items (no copy); the slot is marked free, for the worker to
+        build another batch in, only when this array and every view of it (numpy or torch) are gone."""
+        self._check(k, count * dtype.itemsize)
+        array = np.frombuffer(self.map, dtype, count, HEADER + k * self.slot_bytes)  # views of it keep it alive
+        ref = weakref.ref(array, self._returned)
+        self._lent[id(ref)] = (ref, k)
+        return array
+
+    def _returned(self, ref: weakref.ref) -> None:
+        _, k = self._lent.pop(id(ref))
+        with contextlib.suppress(ValueError):  # the map closed already: nobody writes the slot again anyway
+            self.map[_BUSY + k] = 0
+
+    def _check(self, k: int, nbytes: int) -> None:
+        if not 0 <= k < self.slots or nbytes > self.slot_bytes:
+            raise RingError(f"{self.name}: slot {k} of {nbytes} bytes does not fit this ring of {self.slots}")
 
 
 def create(slot_bytes: int, slots: int = SLOTS, folder: Path = FOLDER) -> Ring | None:

@@ -405,11 +405,9 @@ def _reduce_for_pipe(fields: Fields) -> tuple[Any, ...]:
 def _from_ring(
     name: str, pid: int, k: int, dtype: str, numel: int, layout: dict[str, tuple[int, tuple[int, ...]]]
 ) -> Fields:
-    """The batch in slot k of worker pid's ring, copied into memory of this process's pool (the slot is freed
-    at once; the memory returns to the pool when the batch's tensors are all gone)."""
-    out = _received.take(numel, np.dtype(dtype))
-    rings.opened(name, pid).take(k, out)
-    return _packed(torch.from_numpy(out), layout)
+    """The batch in slot k of worker pid's ring, as it lies there (no copy): the slot is free for the worker
+    again when the batch's tensors are all gone."""
+    return _packed(torch.from_numpy(rings.opened(name, pid).lend(k, numel, np.dtype(dtype))), layout)
 
 
 def collate(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -87,6 +87,44 @@ def test_a_view_of_a_claimed_slot_keeps_it_claimed(tmp_path: Path) -> None:
     rings.close(ring)
 
 
+def test_a_lent_slot_stays_busy_until_every_view_of_it_is_gone(tmp_path: Path) -> None:
+    """The trainer's side reads a batch where it lies (lend): the worker may build in that slot again only
+    once the batch and every numpy or torch view of it are gone; until then the batch stays as it was sent."""
+    import gc
+
+    import torch
+
+    ring = rings.create(4096, slots=2, folder=tmp_path)
+    assert ring is not None
+    trainer = rings.opened(ring.name, os.getpid())
+    assert ring.put(np.arange(1000, dtype=np.int32)) == 0 and ring.put(np.full(1000, 7, np.int32)) == 1
+    first = trainer.lend(0, 1000, np.dtype(np.int32))
+    assert np.array_equal(first, np.arange(1000)) and not np.shares_memory(first, np.arange(1000))
+    tensor = torch.from_numpy(first)[10:20]  # as a batch's fields are: torch views of the lent array
+    held = first.reshape(10, 100)[2]
+    del first
+    gc.collect()
+    assert ring.busy.tolist() == [1, 1] and ring.claim(8, np.dtype(np.int64)) is None  # both still held
+    second = trainer.lend(1, 1000, np.dtype(np.int32))
+    del second
+    gc.collect()
+    assert ring.busy.tolist() == [1, 0]  # the dropped one is free, the held one is not
+    again = ring.claim(4000, np.dtype(np.int32))
+    assert again is not None and ring.busy.tolist() == [1, 1]
+    again[:] = -1  # the worker builds its next batch in the freed slot: the held batch is not touched
+    assert tensor.tolist() == list(range(10, 20)) and held.tolist() == list(range(200, 300))
+    del tensor
+    gc.collect()
+    assert ring.busy.tolist() == [1, 1]  # `held` still views slot 0
+    del held
+    gc.collect()
+    assert ring.busy.tolist() == [0, 1]
+    with pytest.raises(rings.RingError, match="does not fit"):
+        trainer.lend(2, 10, np.dtype(np.int32))
+    del again
+    rings.close(ring)
+
+
 def test_the_trainer_side_drops_rings_whose_worker_ended(tmp_path: Path) -> None:
     first = rings.create(4096, folder=tmp_path)
     second = rings.create(4096, folder=tmp_path)

@@ -77,28 +77,41 @@ def test_dataloader_workers_return_the_same_batches(dataset_store: pilestore.Sto
 def test_batches_a_trainer_holds_stay_intact_while_later_ones_arrive(
     dataset_store: pilestore.Store, model: Path, workers: int
 ) -> None:
-    """Batch memory is reused (pilestore.pool) only once nothing views it: a trainer that keeps batches, or
-    views of them, finds them unchanged after many more have arrived, and memory of dropped batches is reused."""
+    """Batch memory is reused only once nothing views it (a worker's ring slot, pilestore.ring; without workers
+    pilestore.pool): a trainer that keeps batches, or views of them, finds them unchanged after many more have
+    arrived, and the memory of dropped batches is reused."""
+    from pilestore import ring as rings
     from pilestore import torch as pt
 
     ds = PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=model)
     sampler = PileSampler(ds, num_replicas=1, rank=0, seed=5)
     loader = DataLoader(ds, batch_size=8, sampler=sampler, num_workers=workers, collate_fn=collate)
     order, reused = list(sampler), pt._received.reused
-    kept, views = [], []
+    kept, views, lent = [], [], []
     for epoch in range(3):
         for k, batch in enumerate(loader):
             if epoch == 0 and k % 2 == 0:
                 kept.append((k, batch))  # every other batch of the first epoch, whole
             elif epoch == 0:
                 views.append((k, batch["labels"][1:3, 5:]))  # or only a view of one field
+            else:
+                lent.append(any(r._lent and _in_map(batch._buffer, r) for r in rings._opened.values()))
     assert len(kept) > 2 and len(views) > 2
     for k, batch in kept:  # read again item by item: memory of its own, not the pool's
         expected = collate([ds[i] for i in order[8 * k : 8 * k + 8]])
         assert all(torch.equal(batch[key], expected[key]) for key in expected), k
     for k, view in views:
         assert torch.equal(view, collate([ds[i] for i in order[8 * k : 8 * k + 8]])["labels"][1:3, 5:]), k
-    assert pt._received.reused > reused  # the later epochs' batches reused the memory of dropped ones
+    if workers:  # the later epochs' batches came in their worker's ring slots, each free again once dropped
+        assert len(lent) > 2 * rings.SLOTS and all(lent)
+    else:  # or reused the memory of dropped ones
+        assert pt._received.reused > reused
+
+
+def _in_map(tensor: torch.Tensor, ring: object) -> bool:
+    """Whether the tensor's memory lies in the ring's mapping in this process (a slot lent to the trainer)."""
+    start = ring._address  # type: ignore[attr-defined]
+    return start <= tensor.data_ptr() < start + len(ring.map)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -236,7 +249,7 @@ def test_worker_batches_come_through_its_ring_exactly_and_leave_nothing_behind(
     for k, (batch, built_in_slot) in enumerate(it):
         expected = collate(ds.__getitems__(batches[k]))
         assert batch.keys() == expected.keys() and all(torch.equal(batch[key], expected[key]) for key in batch), k
-        batch["input_ids"][0, 0] = -5  # the trainer's own memory: writable, and not the slot's
+        batch["input_ids"][0, 0] = -5  # writable (a slot lent to the trainer, or its own memory)
         in_slot.append(built_in_slot)
     assert k == len(batches) - 1
     assert in_slot[0] and not in_slot[3] and not all(in_slot)  # built in a slot: the first; not: too big, no slot

@@ -16,8 +16,9 @@ loader       samples/s and tokens/s at seq_len 2048, shuffled, from a DataLoader
              (*_by_value; now a batch is copied into a slot of the worker's shared-memory ring); and
              no_read: batches of the lean int32 shape sent the same way with nothing read (the ceiling the
              DataLoader and the transport leave at this batch size, with no dataset at all); and the
-             trainer process's CPU time per batch (unpickling, DataLoader bookkeeping) for each.
-             With CUDA: also batches copied to the GPU.
+             trainer process's CPU time per batch (unpickling, DataLoader bookkeeping) for each. Worker
+             loaders use --prefetch (prefetch_factor, default 4); pilestore lean int32 also at torch's
+             default of 2 (*_prefetch2). With CUDA: also batches copied to the GPU.
 memory       resident memory of a DataLoader worker after 20k random samples, for a 10M- and a 100M-sample
              index (synthetic: one long document, the real index format, sparse token files)
              and, in a fresh process, the time to open PileDataset and ds[i] latency at each size
@@ -235,7 +236,7 @@ def _batched_rate(read, order: list[int], batch: int) -> float:  # noqa: ANN001
     return len(order) / (time.perf_counter() - started)
 
 
-def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None:
+def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int, prefetch: int = 4) -> None:
     import torch
     from torch.utils.data import DataLoader
 
@@ -288,7 +289,7 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
             n = (batches + 1) * batch
             sampler = PileSampler(ds, num_replicas=1, rank=0, seed=1)
             repeat = [i for _ in range(-(-n // len(ds))) for i in sampler][:n]  # epochs of the shuffled order
-            common = {"batch_size": batch, "num_workers": workers, "pin_memory": pin}
+            common = {"batch_size": batch, "num_workers": workers, "pin_memory": pin, "prefetch_factor": prefetch}
             loaders = {  # (dataset, sampler, collate_fn): interleaved over rounds, the median kept (single runs
                 # swing 2x on a shared VM)
                 "pilestore": (ds, repeat, collate),
@@ -300,6 +301,7 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
                 "pilestore_by_value": (ByValueBatches(ds), repeat, collate),
                 "pilestore_lean_int32_by_value": (ByValueBatches(lean32), repeat, collate),
                 "no_read_lean_int32": (NoReadBatches(len(ds)), repeat, collate),
+                "pilestore_lean_int32_prefetch2": (lean32, repeat, collate),  # DataLoader's default prefetch_factor
             }
             runs: dict[str, list[float]] = {name: [] for name in loaders}
             cpus: dict[str, list[float]] = {name: [] for name in loaders}
@@ -308,13 +310,20 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
                 int((ds.__getitems__(timed[k : k + batch]).collated["labels"] != -100).sum())
                 for k in range(0, len(timed), batch)
             )
+            loops: list[float] = []  # the plain loop again in every round: the baseline sees the VM the loaders see
             for _ in range(rounds):
+                started = time.perf_counter()
+                for i in range(len(windows)):
+                    windows[i]
+                loops.append(len(windows) / (time.perf_counter() - started))
                 for name, (dataset, order_, collate_fn) in loaders.items():
-                    loader = DataLoader(dataset, sampler=order_, collate_fn=collate_fn, **common)
+                    options = {**common, "prefetch_factor": 2} if name.endswith("_prefetch2") else common
+                    loader = DataLoader(dataset, sampler=order_, collate_fn=collate_fn, **options)
                     got, cpu_per_batch = rate(loader, batches, device)
                     runs[name].append(got)
                     cpus[name].append(cpu_per_batch)
             median = {name: float(np.median(values)) for name, values in runs.items()}
+            loop = float(np.median(loops))
             cpu = {name: 1e6 * float(np.median(values)) for name, values in cpus.items()}
             emit(
                 "loader",
@@ -329,10 +338,14 @@ def bench_loader(store_dir: Path, batch: int, batches: int, rounds: int) -> None
                 pilestore_lean_int32_samples_per_s=round(median["pilestore_lean_int32"]),
                 lean_int32_tokens_per_s=round(median["pilestore_lean_int32"] * SEQ_LEN),
                 lean_int32_ratio_to_batched=round(median["pilestore_lean_int32"] / median["memmap_batched"], 3),
+                prefetch_factor=prefetch,
+                memmap_loop_windows_per_s=round(loop),
+                lean_int32_prefetch2_samples_per_s=round(median["pilestore_lean_int32_prefetch2"]),
+                lean_int32_prefetch2_ratio_to_memmap_loop=round(median["pilestore_lean_int32_prefetch2"] / loop, 3),
                 no_read_lean_int32_samples_per_s=round(median["no_read_lean_int32"]),
                 lean_int32_ratio_to_no_read=round(median["pilestore_lean_int32"] / median["no_read_lean_int32"], 3),
-                lean_int32_ratio_to_memmap_loop=round(median["pilestore_lean_int32"] / loop_rate, 3),
-                no_read_ratio_to_memmap_loop=round(median["no_read_lean_int32"] / loop_rate, 3),
+                lean_int32_ratio_to_memmap_loop=round(median["pilestore_lean_int32"] / loop, 3),
+                no_read_ratio_to_memmap_loop=round(median["no_read_lean_int32"] / loop, 3),
                 by_value_pilestore_samples_per_s=round(median["pilestore_by_value"]),
                 by_value_lean_int32_samples_per_s=round(median["pilestore_lean_int32_by_value"]),
                 ring_vs_by_value=round(median["pilestore"] / median["pilestore_by_value"], 3),
@@ -591,6 +604,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batches", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=3, help="loader runs per system (interleaved; median kept)")
+    parser.add_argument("--prefetch", type=int, default=4, help="DataLoader prefetch_factor of the worker loaders "
+                        "(pilestore's lean int32 batches also at the default, 2)")  # fmt: skip
     parser.add_argument("--sizes", default="10000000,100000000", help="sample counts of the synthetic indexes")
     parser.add_argument("--memory-samples", type=int, default=20_000)
     parser.add_argument("--shards", type=int, default=8, help="partitions of the sharded store (--parts partitions)")
@@ -600,7 +615,9 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         if "loader" in parts:
-            bench_loader(prepare(work, args.corpus, args.vocab_size), args.batch, args.batches, args.rounds)
+            bench_loader(
+                prepare(work, args.corpus, args.vocab_size), args.batch, args.batches, args.rounds, args.prefetch
+            )
         if "partitions" in parts:
             one = prepare(work, args.corpus, args.vocab_size)
             many = sharded_store(work, args.corpus, args.shards, work / "tok.model")

@@ -159,6 +159,7 @@ def main() -> None:
             collate_fn=collate,
             drop_last=True,
             pin_memory=device.type == "cuda",
+            prefetch_factor=4 if args.workers else None,  # see docs/torch.md: keeps a worker busy between batches
             persistent_workers=False,
         )
         for batch in loader:

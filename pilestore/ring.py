@@ -44,7 +44,9 @@ MAGIC = b"PSRING1\0"
 _LAYOUT = struct.Struct("<8sIQ")  # magic, slots, slot_bytes
 _CLOSED = 32  # header byte: the worker has ended
 _BUSY = 64  # header bytes from here: one per slot, 1 while a batch waits in it
-SLOTS = 4  # a worker has at most DataLoader's prefetch_factor (default 2) batches in flight, plus one
+# A worker's batches in flight (DataLoader's prefetch_factor: 4 recommended, default 2), the one the trainer holds
+# (its slot is lent, busy until the batch is dropped) and the one being built: prefetch_factor up to 4 in slots.
+SLOTS = 6
 FOLDER = Path("/dev/shm")
 _claims = itertools.count()  # numbers Ring.claim's claims
 

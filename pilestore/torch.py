@@ -3,7 +3,7 @@
 torch is the `torch` extra and is imported only here.
 
     sampler = PileSampler(dataset, shuffle=True, seed=0)          # rank and world from torch.distributed
-    loader = DataLoader(dataset, batch_size=B // world, sampler=sampler, num_workers=4)
+    loader = DataLoader(dataset, batch_size=B // world, sampler=sampler, num_workers=4, prefetch_factor=4)
     ...
     state = sampler.state_dict(consumed=step * B)                 # B = global batch size
     sampler.load_state_dict(state)                                # same or another number of ranks

@@ -135,16 +135,12 @@ class Ring:
             self.slot(k, data.nbytes)[:] = data.reshape(-1).view(np.uint8)
         return k
 
-    def take(self, k: int, out: np.ndarray) -> None:
-        """Copy slot k into `out` (a contiguous array of the batch's size) and mark the slot free."""
-        self._check(k, out.nbytes)
-        out.reshape(-1).view(np.uint8)[:] = self.slot(k, out.nbytes)
-        self.map[_BUSY + k] = 0  # after the copy: the worker may write the slot again
-
     def lend(self, k: int, count: int, dtype: np.dtype) -> np.ndarray:
         """Slot k itself as an array of `count` items (no copy); the slot is marked free, for the worker to
         build another batch in, only when this array and every view of it (numpy or torch) are gone."""
-        self._check(k, count * dtype.itemsize)
+        if not 0 <= k < self.slots or count * dtype.itemsize > self.slot_bytes:
+            raise RingError(f"{self.name}: slot {k} of {count * dtype.itemsize} bytes does not fit this ring of "
+                            f"{self.slots}")  # fmt: skip
         array = np.frombuffer(self.map, dtype, count, HEADER + k * self.slot_bytes)  # views of it keep it alive
         ref = weakref.ref(array, self._returned)
         self._lent[id(ref)] = (ref, k)
@@ -154,10 +150,6 @@ class Ring:
         _, k = self._lent.pop(id(ref))
         with contextlib.suppress(ValueError):  # the map closed already: nobody writes the slot again anyway
             self.map[_BUSY + k] = 0
-
-    def _check(self, k: int, nbytes: int) -> None:
-        if not 0 <= k < self.slots or nbytes > self.slot_bytes:
-            raise RingError(f"{self.name}: slot {k} of {nbytes} bytes does not fit this ring of {self.slots}")
 
 
 def create(slot_bytes: int, slots: int = SLOTS, folder: Path = FOLDER) -> Ring | None:

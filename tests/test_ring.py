@@ -14,6 +14,14 @@ import pytest
 from pilestore import ring as rings
 
 
+def _read(trainer: rings.Ring, k: int, count: int) -> np.ndarray:
+    """The trainer's side reads slot k (int32 items) and drops it, which frees the slot: a copy of the batch."""
+    lent = trainer.lend(k, count, np.dtype(np.int32))
+    batch = lent.copy()
+    del lent
+    return batch
+
+
 def test_a_batch_goes_through_a_slot_and_frees_it(tmp_path: Path) -> None:
     ring = rings.create(10_000, slots=3, folder=tmp_path)
     assert ring is not None and ring.slot_bytes % 4096 == 0 and ring.slot_bytes >= 10_000
@@ -22,17 +30,14 @@ def test_a_batch_goes_through_a_slot_and_frees_it(tmp_path: Path) -> None:
     assert slots == [0, 1, 2, None]  # the fourth finds no free slot: its caller sends it by value
     other = rings.opened(ring.name, os.getpid())  # the trainer's side: a mapping of its own
     assert other is not ring and not Path(ring.name).exists()  # nothing left in the folder once opened
-    out = np.empty(2500, np.int32)
-    other.take(1, out)
-    assert np.array_equal(out, batches[1]) and ring.busy.tolist() == [1, 0, 1]
+    assert np.array_equal(_read(other, 1, 2500), batches[1]) and ring.busy.tolist() == [1, 0, 1]
     assert ring.put(batches[3]) == 1  # the freed slot is used again, the others still hold their batches
     for k, expected in ((0, batches[0]), (1, batches[3]), (2, batches[2])):
-        other.take(k, out)
-        assert np.array_equal(out, expected)
+        assert np.array_equal(_read(other, k, 2500), expected)
     assert ring.busy.tolist() == [0, 0, 0]
     assert ring.put(np.zeros(ring.slot_bytes + 1, np.uint8)) is None  # too big for a slot: by value
     with pytest.raises(rings.RingError, match="does not fit"):
-        other.take(3, out)
+        other.lend(3, 2500, np.dtype(np.int32))
 
 
 def test_a_batch_built_in_a_claimed_slot_is_sent_without_a_copy_or_freed_when_dropped(tmp_path: Path) -> None:
@@ -52,13 +57,11 @@ def test_a_batch_built_in_a_claimed_slot_is_sent_without_a_copy_or_freed_when_dr
     del first, second
     gc.collect()
     assert ring.busy.tolist() == [1, 0]  # the unsent one is free again, the sent one waits for the trainer
-    out = np.empty(1000, np.int32)
     trainer = rings.opened(ring.name, os.getpid())
-    trainer.take(0, out)
-    assert np.array_equal(out, np.arange(1000)) and ring.busy.tolist() == [0, 0]
+    assert np.array_equal(_read(trainer, 0, 1000), np.arange(1000)) and ring.busy.tolist() == [0, 0]
     old = ring.claim(4000, np.dtype(np.int32))  # sent, read by the trainer, yet still alive in the worker
     assert old is not None and ring.sent(old.ctypes.data) == 0
-    trainer.take(0, out)
+    _read(trainer, 0, 1000)
     new = ring.claim(4000, np.dtype(np.int32))  # the same slot, claimed again for the next batch
     assert new is not None and new.ctypes.data == old.ctypes.data and ring.busy.tolist() == [1, 0]
     del old

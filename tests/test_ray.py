@@ -148,3 +148,20 @@ def test_the_cli_runs_on_ray(sources: list[Path], tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["documents"] == 900 == len(pilestore.open(store))
+
+
+def test_a_killed_ray_task_leaves_the_clis_stdout_to_its_own_output(sample_path: Path, tmp_path: Path) -> None:
+    """Ray's driver prints a worker's death on standard output ("(raylet) A worker died..."): the CLI sends
+    that to standard error, so `--json` output is never mixed with it; the error names the source."""
+    killed: list[str] = []
+    watcher = _kill_task_when_it_runs("_build_one", killed)
+    done = subprocess.run(
+        [sys.executable, "-m", "pilestore", "ingest", str(sample_path), "--store", str(tmp_path / "s.store"),
+         "--executor", "ray", "--threads", "1", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    watcher.join()
+    assert killed and done.returncode == 1
+    assert done.stdout == ""
+    assert "sample.jsonl.zst: its Ray task was lost (WorkerCrashedError" in done.stderr
+    assert "A worker died or was killed while executing a task" in done.stderr  # Ray's line, moved here

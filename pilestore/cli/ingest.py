@@ -56,6 +56,8 @@ def ingest(
     from ..ingest import ingest as run_ingest
 
     ui = Ui(json_output=json_output, quiet=quiet)
+    if executor == "ray":
+        ui.reserve_stdout()
     try:
         settings = CompressionSettings(level=level, dict_size=dict_size)
     except ValueError as err:

@@ -187,6 +187,8 @@ def tokenize(
 
     check_shape(seq_len, context)
     ui = Ui(json_output=json_output, quiet=quiet)
+    if executor == "ray":
+        ui.reserve_stdout()
     store = open_store(store_dir)
     with ui.docs_progress("tokenize", len(store)) as advance:
         result = run_tokenize(

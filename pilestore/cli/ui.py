@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -70,6 +70,15 @@ class Ui:
         self.quiet = quiet
         self.out = Console(highlight=False, soft_wrap=True)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay one line in logs
+        self._stdout: TextIO | None = None  # set by reserve_stdout
+
+    def reserve_stdout(self) -> None:
+        """Keep standard output for this command's own output: whatever else this process prints there from
+        now on goes to standard error (Ray's driver prints a worker's death there, at any time), so that
+        `--json` output stays one JSON document."""
+        if self._stdout is None:
+            self._stdout, sys.stdout = sys.stdout, sys.stderr
+            self.out = Console(file=self._stdout, highlight=False, soft_wrap=True)
 
     @property
     def show_progress(self) -> bool:
@@ -154,7 +163,7 @@ class Ui:
                 shown.close()
 
     def emit_json(self, data: Any) -> None:
-        sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=1) + "\n")
+        (self._stdout or sys.stdout).write(json.dumps(data, ensure_ascii=False, indent=1) + "\n")
 
     def note(self, message: str, style: str = "dim") -> None:
         if not self.quiet:

@@ -439,6 +439,12 @@ class Fields(dict):
     _buffer: torch.Tensor | None = None  # set by _packed: every field is a view of this buffer, as _layout says
     _layout: dict[str, tuple[int, tuple[int, ...]]] | None = None
 
+    def __copy__(self) -> Fields:
+        """A shallow copy: the same tensors, not tied to the batch's buffer. torch's pin_memory copies a batch
+        this way and replaces every field with a pinned copy: the batch's ring slot (pilestore.ring) is then
+        free as soon as the batch itself is dropped, not held by the pinned one."""
+        return Fields(self)
+
     def __reduce__(self) -> tuple[Any, ...]:
         """A batch whose fields are still exactly the views of its buffer pickles as that one array (by value);
         any other (a field replaced, added or removed since) as a plain dict of tensors."""

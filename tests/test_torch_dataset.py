@@ -108,6 +108,33 @@ def test_batches_a_trainer_holds_stay_intact_while_later_ones_arrive(
         assert pt._received.reused > reused
 
 
+def test_a_pinned_copy_of_a_batch_does_not_hold_its_worker_slot(dataset_store: pilestore.Store, model: Path) -> None:
+    """torch's pin_memory copies a batch (copy.copy) and puts a pinned copy of every field in it: once the
+    batch itself is dropped its ring slot must be free, while the copy stays intact."""
+    import copy
+    import gc
+
+    from pilestore import ring as rings
+
+    def lent() -> int:
+        return sum(len(r._lent) for r in rings._opened.values())
+
+    ds = PileDataset(dataset_store, "train", seq_len=256, context=64, tokenizer=model)
+    loader = DataLoader(ds, batch_size=4, num_workers=1, collate_fn=collate)
+    it, before = iter(loader), lent()
+    batch = next(it)
+    assert lent() == before + 1  # read in its slot
+    clone = copy.copy(batch)
+    assert clone.keys() == batch.keys() and all(clone[key] is batch[key] for key in batch)
+    clone.update({key: value.clone() for key, value in batch.items()})  # pin_memory's way, with CPU copies
+    expected = {key: value.clone() for key, value in batch.items()}
+    del batch
+    gc.collect()
+    assert lent() == before  # the slot is free: the copy holds only its own tensors
+    assert all(torch.equal(clone[key], expected[key]) for key in expected)
+    del it
+
+
 def _in_map(tensor: torch.Tensor, ring: object) -> bool:
     """Whether the tensor's memory lies in the ring's mapping in this process (a slot lent to the trainer)."""
     start = ring._address  # type: ignore[attr-defined]

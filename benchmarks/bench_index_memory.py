@@ -41,7 +41,7 @@ def make_store(folder: Path, docs: int) -> Path:
     """A store of `docs` one-character documents and a synthetic token view of Pile-like lengths."""
     import pyarrow as pa
 
-    from pilestore.index import arrow_table
+    from pilestore.index import arrow_batch
     from pilestore.ingest import ingest
     from pilestore.manifest import write_sealed
 
@@ -61,9 +61,9 @@ def make_store(folder: Path, docs: int) -> Path:
     total = int(n_tokens.sum())
     view.mkdir(parents=True)
     write_zero_tokens(view, total)
-    table = arrow_table({"start": start, "n_tokens": n_tokens, "n_bytes": np.zeros(docs, np.int64)})
-    with open(view / "p00000.arrow", "wb") as fh, pa.ipc.new_file(fh, table.schema) as writer:
-        writer.write_table(table)
+    batch = arrow_batch({"start": start, "n_tokens": n_tokens, "n_bytes": np.zeros(docs, np.int64)})
+    with open(view / "p00000.arrow", "wb") as fh, pa.ipc.new_file(fh, batch.schema) as writer:
+        writer.write_batch(batch)
     meta = {"tokenizer": {"file": "synthetic", "sha256": "0" * 64, "vocab_size": 32000, "eod_id": 2},
             "dtype": "uint16", "documents": docs, "tokens": total, "bytes": 0,
             "partitions": [{"partition": 0, "documents": docs, "tokens": total, "bytes": 0}]}  # fmt: skip

@@ -41,10 +41,11 @@ def arrow_array(values: Any, dtype: Any = None) -> pa.Array:
     return pa.Array.from_buffers(pa.from_numpy_dtype(array.dtype), len(array), [None, pa.py_buffer(array)])
 
 
-def arrow_table(columns: dict[str, Any]) -> pa.Table:
-    """Columns of numbers (numpy arrays, lists or Arrow arrays) as an Arrow table, without importing pandas."""
+def arrow_batch(columns: dict[str, Any]) -> pa.RecordBatch:
+    """Columns of numbers (numpy arrays, lists or Arrow arrays) as one Arrow record batch, without importing
+    pandas; also with no rows (a file written from a table of no rows would hold no batch at all)."""
     arrays = [value if isinstance(value, pa.Array) else arrow_array(value) for value in columns.values()]
-    return pa.Table.from_arrays(arrays, names=list(columns))
+    return pa.RecordBatch.from_arrays(arrays, names=list(columns))
 
 
 def write_index(path: Path, columns: dict[str, np.ndarray]) -> None:

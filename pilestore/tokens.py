@@ -171,7 +171,7 @@ def _write_files(
     import pyarrow as pa
     import xxhash
 
-    from .index import arrow_table
+    from .index import arrow_batch
 
     # per flushed batch, each document's first token, tokens and UTF-8 bytes: 8 bytes a number, not a Python int
     columns: dict[str, list[np.ndarray]] = {"start": [], "n_tokens": [], "n_bytes": []}
@@ -216,10 +216,10 @@ def _write_files(
             with naming(tmp[ext]):
                 fh.flush()
                 os.fsync(fh.fileno())
-    table = arrow_table({key: np.concatenate(chunks or [np.zeros(0, np.int64)]) for key, chunks in columns.items()})
+    batch = arrow_batch({key: np.concatenate(chunks or [np.zeros(0, np.int64)]) for key, chunks in columns.items()})
     with naming(tmp["arrow"]), open(tmp["arrow"], "wb") as fh:
-        with pa.ipc.new_file(fh, table.schema) as writer:
-            writer.write_table(table)
+        with pa.ipc.new_file(fh, batch.schema) as writer:
+            writer.write_batch(batch)  # one batch, also for a partition of no documents (readers expect one)
         os.fsync(fh.fileno())
     with naming(tmp["sums"]), open(tmp["sums"], "wb") as fh:
         fh.write(block_sums(tmp["tokens"]).astype("<u8").tobytes())
@@ -230,9 +230,9 @@ def _write_files(
     xxh3 = {ext: h.hexdigest() for ext, h in quick.items()}
     xxh3["arrow"] = xxhash.xxh3_128_hexdigest(tmp["arrow"].read_bytes())
     return {
-        "documents": len(table),
+        "documents": batch.num_rows,
         "tokens": position,
-        "bytes": int(table["n_bytes"].to_numpy().sum()),
+        "bytes": int(batch.column("n_bytes").to_numpy().sum()),
         "sha256": sha256,
         "xxh3": xxh3,
     }

@@ -849,3 +849,38 @@ def test_info_lists_a_damaged_view_or_index_with_its_error(tmp_path: Path, model
     assert set(found) == {"view", "error"} and "view.json" in found["error"]
     shown = runner.invoke(cli, ["info", "--store", str(tmp_path / "d.store")])
     assert shown.exit_code == 0 and "view.json" in shown.output
+
+
+def test_a_partition_of_no_documents_tokenizes_and_reads_like_none_at_all(
+    sample_path: Path, model: Path, tmp_path: Path
+) -> None:
+    """An empty .jsonl source is a partition of no documents (ingest keeps it, as a source whose every line
+    was skipped): tokenize, other index shapes, verify and the Dataset work as if it were not there. Its
+    document table once held no Arrow record batch, and every command on the view failed."""
+    from pilestore.ingest import ingest
+    from pilestore.torch import PileDataset
+
+    from .conftest import read_source_lines
+
+    source, empty = tmp_path / "a.jsonl", tmp_path / "empty.jsonl"
+    source.write_bytes(b"\n".join(read_source_lines(sample_path)[:300]) + b"\n")
+    empty.write_bytes(b"")
+    with_empty, plain = tmp_path / "with-empty.store", tmp_path / "plain.store"
+    ingest([source, empty], with_empty)
+    ingest([source], plain)
+    assert pilestore.open(with_empty).num_partitions == 2 and len(pilestore.open(with_empty)) == 300
+    runner = CliRunner()
+    shape = ["--seq-len", "64", "--context", "16"]
+    for path in (with_empty, plain):
+        done = runner.invoke(cli, ["tokenize", "--store", str(path), "--tokenizer", str(model), *shape])
+        assert done.exit_code == 0, done.output
+        other = ["index", "--store", str(path), "--seq-len", "32", "--context", "8", "--val-fraction", "0.2"]
+        assert runner.invoke(cli, other).exit_code == 0
+    verified = runner.invoke(cli, ["verify", "--store", str(with_empty)])
+    assert verified.exit_code == 0, verified.output
+    shapes = {"seq_len": 32, "context": 8, "split": "val", "val_fraction": 0.2}
+    for kind, options in (("train", {"seq_len": 64, "context": 16}), ("eval", shapes)):
+        a, b = (PileDataset(pilestore.open(p), kind, tokenizer=model, **options) for p in (with_empty, plain))
+        assert len(a) == len(b) > 0
+        for i in (0, len(a) // 2, len(a) - 1):
+            assert all(np.array_equal(a[i][key], b[i][key]) for key in ("input_ids", "labels", "n_bytes")), i

@@ -166,8 +166,9 @@ class Compressor:
         """
         out: list[tuple[int, bytes]] = [(RAW, b"")] * len(docs)
         groups: dict[int, list[int]] = {}
-        for i, (subset, _) in enumerate(docs):
-            groups.setdefault(self._codec_of_subset.get(subset, self._shared), []).append(i)
+        for i, (subset, data) in enumerate(docs):
+            if data:  # an empty text stays raw (zstd refuses a batch of only empty inputs)
+                groups.setdefault(self._codec_of_subset.get(subset, self._shared), []).append(i)
         for codec, indices in groups.items():
             frames = self._cctx[codec].multi_compress_to_buffer([docs[i][1] for i in indices], threads=self.threads)
             for i, frame in zip(indices, frames, strict=True):

@@ -103,6 +103,18 @@ def test_batch_compression_equals_one_by_one() -> None:
     assert compressor.compress_batch(docs) == [compressor.compress(s, d) for s, d in docs]
 
 
+def test_empty_texts_in_a_batch_are_stored_raw_also_when_a_dictionary_gets_only_those() -> None:
+    """Empty text is a document; zstd refuses a batch call of only empty inputs, as happened when the
+    documents of one dictionary in a batch (or of a whole source) were all empty."""
+    compressor, decompressor = _CODEC
+    for docs in ([("Github", b""), ("Github", b"")], [("Github", b""), ("Pile-CC", b"the of and " * 20)]):
+        stored = compressor.compress_batch(docs)
+        assert stored == [compressor.compress(s, d) for s, d in docs]
+        assert stored[0] == (RAW, b"")
+        back = [decompressor.decompress(c, b, len(d)) for (c, b), (_, d) in zip(stored, docs, strict=True)]
+        assert back == [d for _, d in docs]
+
+
 def test_dictionaries_shrink_small_documents() -> None:
     compressor, _ = _CODEC
     plain = Compressor({None: 1}, {1: None}, 3)

@@ -92,6 +92,17 @@ def test_bad_lines_are_skipped_counted_and_located(make_shard: ShardMaker, tmp_p
     assert [d.text for d in store] == ["one", "two", "", "last"]  # empty text is a document
 
 
+def test_a_source_of_only_empty_texts_is_ingested(make_shard: ShardMaker, tmp_path: Path) -> None:
+    """Empty text is a document, also when every document of a source (or of one subset's dictionary in a
+    compression batch) is empty: zstd refuses to compress a batch of only empty inputs, and ingest failed
+    with its traceback."""
+    records = [doc("", "Github"), doc("", "Github", lang="c"), doc("", "Pile-CC")]
+    shard = make_shard(records)
+    assert ingest([shard], tmp_path / "s.store").as_dict()["documents"] == 3
+    store = pilestore.open(tmp_path / "s.store")
+    assert [d.to_record() for d in store] == records
+
+
 def test_strict_fails_on_the_first_bad_line_and_commits_nothing(make_shard: ShardMaker, tmp_path: Path) -> None:
     shard = make_shard([doc("one"), b'{"text": 1}'])
     with pytest.raises(SourceError, match=rf"{shard}:2: 'text' is a JSON number"):

@@ -147,6 +147,11 @@ def train_tokenizer(
                 " With pilestore: give a larger --vocab-size, or lower the coverage with "
                 "--option character_coverage=0.9995."
             )
+        elif "sentences_.empty()" in str(err):
+            hint = (
+                f" The {len(indices):,} sampled documents hold no text: train on a store whose documents have"
+                " text (or sample more of this one: --sample-docs, --sample-mb)."
+            )
         raise TokenizerError(f"sentencepiece training failed: {err}.{hint}") from err
     remove_dead_temps(out)
     tmp = temp_name(out)

@@ -399,6 +399,19 @@ def test_a_vocabulary_too_small_for_the_sample_fails_with_what_to_do_and_writes_
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_store_of_only_empty_texts_gives_no_tokenizer_and_says_why(make_shard, tmp_path: Path) -> None:  # noqa: ANN001
+    from pilestore.ingest import ingest
+
+    from .conftest import doc
+
+    ingest([make_shard([doc(""), doc("", "Github")])], tmp_path / "s.store")
+    out = tmp_path / "t.model"
+    args = ["train-tokenizer", "--store", str(tmp_path / "s.store"), "--vocab-size", "100", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "The 2 sampled documents hold no text" in result.output, result.output
+    assert not out.exists()
+
+
 def test_ctrl_c_while_sentencepiece_trains_stops_at_once_and_writes_no_model(
     sample_store_dir: Path, tmp_path: Path
 ) -> None:

@@ -127,9 +127,13 @@ def train_tokenizer(
     indices = sample_indices(store, settings)
     options = {**PILE_DEFAULTS, **settings.options}
 
+    given = [0]  # sentences handed to sentencepiece
+
     def sentences() -> Iterator[str]:
         advance = on_stage("sample", len(indices))
-        yield from iter_sentences(store, indices, settings.max_sentence_chars, advance)
+        for sentence in iter_sentences(store, indices, settings.max_sentence_chars, advance):
+            given[0] += 1
+            yield sentence
         on_stage("train", None)
 
     model = io.BytesIO()
@@ -147,7 +151,7 @@ def train_tokenizer(
                 " With pilestore: give a larger --vocab-size, or lower the coverage with "
                 "--option character_coverage=0.9995."
             )
-        elif "sentences_.empty()" in str(err):
+        elif not given[0]:
             hint = (
                 f" The {len(indices):,} sampled documents hold no text: train on a store whose documents have"
                 " text (or sample more of this one: --sample-docs, --sample-mb)."

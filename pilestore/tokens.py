@@ -216,23 +216,24 @@ def _write_files(
             with naming(tmp[ext]):
                 fh.flush()
                 os.fsync(fh.fileno())
-    batch = arrow_batch({key: np.concatenate(chunks or [np.zeros(0, np.int64)]) for key, chunks in columns.items()})
-    with naming(tmp["arrow"]), open(tmp["arrow"], "wb") as fh:
-        with pa.ipc.new_file(fh, batch.schema) as writer:
-            writer.write_batch(batch)  # one batch, also for a partition of no documents (readers expect one)
-        os.fsync(fh.fileno())
-    with naming(tmp["sums"]), open(tmp["sums"], "wb") as fh:
-        fh.write(block_sums(tmp["tokens"]).astype("<u8").tobytes())
-        os.fsync(fh.fileno())
-    sha256 = {ext: h.hexdigest() for ext, h in hashes.items()}
-    sha256["arrow"] = file_sha256(tmp["arrow"])
-    sha256["sums"] = file_sha256(tmp["sums"])
+    table = arrow_batch({key: np.concatenate(chunks or [np.zeros(0, np.int64)]) for key, chunks in columns.items()})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_batch(table)  # one batch, also for a partition of no documents (readers expect one)
+    small = {"arrow": sink.getvalue().to_pybytes(), "sums": block_sums(tmp["tokens"]).astype("<u8").tobytes()}
+    for ext, data in small.items():  # written and hashed from memory: not read back
+        with naming(tmp[ext]), open(tmp[ext], "wb") as fh:
+            fh.write(data)
+            os.fsync(fh.fileno())
+    sha256 = {ext: h.hexdigest() for ext, h in hashes.items()} | {
+        ext: hashlib.sha256(data).hexdigest() for ext, data in small.items()
+    }
     xxh3 = {ext: h.hexdigest() for ext, h in quick.items()}
-    xxh3["arrow"] = xxhash.xxh3_128_hexdigest(tmp["arrow"].read_bytes())
+    xxh3["arrow"] = xxhash.xxh3_128_hexdigest(small["arrow"])
     return {
-        "documents": batch.num_rows,
+        "documents": table.num_rows,
         "tokens": position,
-        "bytes": int(batch.column("n_bytes").to_numpy().sum()),
+        "bytes": int(table.column("n_bytes").to_numpy().sum()),
         "sha256": sha256,
         "xxh3": xxh3,
     }

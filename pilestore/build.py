@@ -84,7 +84,7 @@ class _PartitionWriter:
     def _train(self, samples: dict[str, list[bytes]]) -> None:
         dict_rows, codec_of_subset = _dictionary_rows(train_dictionaries(samples, self.settings, self.threads))
         self.compressor = Compressor(
-            codec_of_subset, {row[0]: row[2] for row in dict_rows}, self.settings.level, self.threads
+            codec_of_subset, {row[0]: row[2] for row in dict_rows}, self.settings, self.threads
         )
         self.dict_rows = dict_rows
         partition.write_dictionaries(self.conn, dict_rows)

@@ -1,7 +1,12 @@
 """Per-document zstd frames with dictionaries trained on the source's own documents.
 
     first sample_mb of text ─▶ train one dictionary per big-enough subset + one shared ─▶ Compressor
-    doc ─▶ zstd frame (content size in header, no dict id, no checksum) ─▶ raw if it does not shrink
+    doc ─▶ magicless zstd frame (content size in header; no magic number, dict id or checksum) at `level`
+           (`small_level` under `small_bytes`, if set) ─▶ raw if it does not shrink
+
+Frames are magicless (zstd's ZSTD_f_zstd1_magicless format): the 4 bytes of `28 b5 2f fd` every frame would
+start with say nothing that the codec id does not, and cost 24 KB of the sample corpus's store. Prepend them
+to hand a stored frame to the `zstd` tool.
 
 Codec ids, stored per document: 0 = raw bytes; k >= 1 = row k of the partition's `dictionaries` table
 (a row whose dictionary is NULL means plain zstd without a dictionary).
@@ -21,6 +26,7 @@ from .errors import CorruptDocumentError
 log = logging.getLogger(__name__)
 
 RAW = 0
+FRAME_FORMAT = zstandard.FORMAT_ZSTD1_MAGICLESS
 TRAIN_PREFIX_BYTES = 8 * 1024  # a dictionary helps a document's first KBs; long tails teach it little
 TRAIN_SAMPLES_PER_DICT_BYTE = 64  # zstd advises ~100x; 64x trained as well on the sample corpus, 8x faster
 MAX_DICT_SIZE = 4 * 1024 * 1024
@@ -32,7 +38,15 @@ class CompressionSettings:
     """How ingest compresses documents. Defaults chosen by benchmarks/bench_codec.py (docs/format.md)."""
 
     level: int = 3
-    """zstd level: 3 gives 1.01x the source .jsonl.zst size on the sample corpus at ~160 MB/s per core."""
+    """zstd level (of documents of `small_bytes` and more, when `small_level` is set): 3 compresses at ~170 MB/s
+    per core."""
+    small_level: int | None = None
+    """zstd level of documents under `small_bytes`; None: `level`. Level 5's deeper search finds far more of
+    a small document in its dictionary: on the sample corpus, level 5 below 16 KiB saves 172 KB (1.4% of the
+    frames) for 14% more compression time, level 5 on every document 384 KB for 61% more; on synthetic
+    Pile-sized documents it costs ~20% more ingest CPU (benchmarks.md, "Level by document size")."""
+    small_bytes: int = 16 * 1024
+    """Documents shorter than this (UTF-8 bytes) compress at `small_level`."""
     dict_size: int = 112 * 1024
     """Bytes per trained dictionary (zstd's default); 0 disables dictionaries."""
     sample_bytes: int = 64 * 1024 * 1024
@@ -46,6 +60,10 @@ class CompressionSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.level <= 22:
             raise ValueError(f"level must be a zstd level from 1 to 22, got {self.level}")
+        if self.small_level is not None and not 1 <= self.small_level <= 22:
+            raise ValueError(f"small_level must be a zstd level from 1 to 22 (or None), got {self.small_level}")
+        if self.small_bytes < 0:
+            raise ValueError(f"small_bytes must be >= 0, got {self.small_bytes}")
         if self.dict_size and not 1024 <= self.dict_size <= MAX_DICT_SIZE:
             raise ValueError(f"dict_size must be 0 (no dictionary) or 1 KiB..4 MiB, got {self.dict_size}")
         if self.sample_bytes < 0:
@@ -56,11 +74,14 @@ class CompressionSettings:
                 f"{self.min_subset_bytes} and {self.min_subset_docs}"
             )
 
-    def as_dict(self) -> dict[str, int | str]:
+    def as_dict(self) -> dict[str, int | str | None]:
         return {
             "codec": "zstd",
             "zstd_library": ".".join(map(str, zstandard.ZSTD_VERSION)),
+            "frame_format": "magicless",
             "level": self.level,
+            "small_level": self.small_level,
+            "small_bytes": self.small_bytes,
             "dict_size": self.dict_size,
             "sample_bytes": self.sample_bytes,
             "min_subset_bytes": self.min_subset_bytes,
@@ -121,19 +142,26 @@ def train_dictionaries(
 
 
 class Compressor:
-    """Compresses each document with its subset's dictionary (or the shared one); keeps raw what does not shrink."""
+    """Compresses each document with its subset's dictionary (or the shared one) at the level its size calls
+    for (CompressionSettings.small_level under small_bytes, if set); keeps raw what does not shrink."""
 
     def __init__(
         self,
         codec_of_subset: Mapping[str | None, int],
         dictionaries: Mapping[int, bytes | None],
-        level: int,
+        settings: CompressionSettings,
         threads: int = 1,
     ) -> None:
         self.threads = threads  # zstd threads per batch call (multi_compress_to_buffer)
         self._codec_of_subset = dict(codec_of_subset)
         self._shared = self._codec_of_subset[None]
-        self._cctx = {codec: self._context(data, level) for codec, data in dictionaries.items()}
+        small_level = settings.level if settings.small_level is None else settings.small_level
+        self._small_bytes = settings.small_bytes if small_level != settings.level else 0  # 0: one context each
+        self._cctx: dict[tuple[int, bool], zstandard.ZstdCompressor] = {}
+        for codec, data in dictionaries.items():
+            self._cctx[codec, False] = self._context(data, settings.level)
+            if self._small_bytes:
+                self._cctx[codec, True] = self._context(data, small_level)
 
     @staticmethod
     def _context(data: bytes | None, level: int) -> zstandard.ZstdCompressor:
@@ -141,7 +169,7 @@ class Compressor:
         # parameters per input size instead, zstd reloads the dictionary for every frame and small
         # documents compress at 30-50 MB/s instead of ~110 (measured on the 300 MB synthetic shard).
         params = zstandard.ZstdCompressionParameters.from_level(
-            level, write_content_size=True, write_checksum=False, write_dict_id=False
+            level, format=FRAME_FORMAT, write_content_size=True, write_checksum=False, write_dict_id=False
         )
         if data is None:
             return zstandard.ZstdCompressor(compression_params=params)
@@ -149,31 +177,35 @@ class Compressor:
         dictionary.precompute_compress(compression_params=params)
         return zstandard.ZstdCompressor(compression_params=params, dict_data=dictionary)
 
+    def _key(self, subset: str, data: bytes) -> tuple[int, bool]:
+        """(codec id, whether the document is small): which zstd context compresses it."""
+        return self._codec_of_subset.get(subset, self._shared), len(data) < self._small_bytes
+
     def compress(self, subset: str, data: bytes) -> tuple[int, bytes]:
         """(codec id, stored bytes) for one document's UTF-8 text."""
-        codec = self._codec_of_subset.get(subset, self._shared)
-        frame = self._cctx[codec].compress(data)
+        key = self._key(subset, data)
+        frame = self._cctx[key].compress(data)
         if len(frame) >= len(data):
             return RAW, data
-        return codec, frame
+        return key[0], frame
 
     def compress_batch(self, docs: list[tuple[str, bytes]]) -> list[tuple[int, bytes]]:
-        """compress() of each (subset, data), as one zstd call per dictionary.
+        """compress() of each (subset, data), as one zstd call per zstd context (dictionary and level).
 
         Grouping keeps each zstd context's tables in cache (interleaving 10 contexts made ingest of 22
         subsets 2x slower), and one call per group releases the GIL once, so the writer thread runs
         beside the parsing thread instead of waiting to reacquire the GIL after every small document.
         """
         out: list[tuple[int, bytes]] = [(RAW, b"")] * len(docs)
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[int, bool], list[int]] = {}
         for i, (subset, data) in enumerate(docs):
             if data:  # an empty text stays raw (zstd refuses a batch of only empty inputs)
-                groups.setdefault(self._codec_of_subset.get(subset, self._shared), []).append(i)
-        for codec, indices in groups.items():
-            frames = self._cctx[codec].multi_compress_to_buffer([docs[i][1] for i in indices], threads=self.threads)
+                groups.setdefault(self._key(subset, data), []).append(i)
+        for key, indices in groups.items():
+            frames = self._cctx[key].multi_compress_to_buffer([docs[i][1] for i in indices], threads=self.threads)
             for i, frame in zip(indices, frames, strict=True):
                 data = docs[i][1]
-                out[i] = (RAW, data) if len(frame) >= len(data) else (codec, frame.tobytes())
+                out[i] = (RAW, data) if len(frame) >= len(data) else (key[0], frame.tobytes())
         return out
 
 
@@ -185,7 +217,7 @@ class Decompressor:
         for codec, data in dictionaries:
             try:
                 dict_data = zstandard.ZstdCompressionDict(data) if data is not None else None
-                self._dctx[codec] = zstandard.ZstdDecompressor(dict_data=dict_data)
+                self._dctx[codec] = zstandard.ZstdDecompressor(dict_data=dict_data, format=FRAME_FORMAT)
             except zstandard.ZstdError as err:
                 raise CorruptDocumentError(
                     f"zstd dictionary {codec} is damaged ({err}); run `pilestore verify`"
@@ -201,7 +233,8 @@ class Decompressor:
         if dctx is None:
             raise CorruptDocumentError(f"unknown codec {codec}")
         try:
-            declared = zstandard.frame_content_size(stored)  # checked first: a damaged header must not allocate GBs
+            # checked first: a damaged header must not make it allocate gigabytes
+            declared = zstandard.get_frame_parameters(stored, format=FRAME_FORMAT).content_size
             if declared != size:
                 raise CorruptDocumentError(f"zstd frame declares {declared} bytes, expected {size}")
             data = dctx.decompress(stored)

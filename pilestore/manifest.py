@@ -31,7 +31,9 @@ from .atomic import remove_temps, write_atomic
 from .errors import IncompleteStoreError, StoreFormatError, StoreLockedError, StoreNotFoundError
 
 FORMAT_NAME = "pilestore"
-FORMAT_VERSION = 3  # 2: row checksums cover subset and meta; 3: chunked frame stream, index without row_id
+FORMAT_VERSION = 4
+"""2: row checksums cover subset and meta; 3: chunked frame stream, index without row_id; 4: chunks of 16 pages,
+magicless frames (partition.SCHEMA_VERSION)."""
 MANIFEST = "manifest.json"
 PARTITIONS_DIR = "partitions"
 INDEX_DIR = "index"

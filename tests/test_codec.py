@@ -3,6 +3,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,7 +12,17 @@ from pilestore.errors import CorruptDocumentError
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"level": 0}, {"level": 23}, {"dict_size": 10}, {"sample_bytes": -1}, {"min_subset_docs": 0}]
+    "kwargs",
+    [
+        {"level": 0},
+        {"level": 23},
+        {"small_level": 0},
+        {"small_level": 23},
+        {"small_bytes": -1},
+        {"dict_size": 10},
+        {"sample_bytes": -1},
+        {"min_subset_docs": 0},
+    ],
 )
 def test_bad_settings_name_the_field(kwargs: dict) -> None:
     field = next(iter(kwargs))
@@ -33,7 +44,7 @@ def _corpus(seed: int = 0) -> dict[str, list[bytes]]:
 def _codec(settings: CompressionSettings) -> tuple[Compressor, Decompressor]:
     dicts = train_dictionaries(_corpus(), settings)
     ids = {subset: i + 1 for i, subset in enumerate(dicts)}
-    return Compressor(ids, {ids[s]: d for s, d in dicts.items()}, settings.level), Decompressor(
+    return Compressor(ids, {ids[s]: d for s, d in dicts.items()}, settings), Decompressor(
         (ids[s], d) for s, d in dicts.items()
     )
 
@@ -45,7 +56,7 @@ def test_big_subsets_get_their_own_dictionary_small_ones_share() -> None:
 
 
 def _shared_frames_bytes(dicts: dict, docs: list[bytes]) -> int:
-    compressor = Compressor({None: 1}, {1: dicts[None]}, 3)
+    compressor = Compressor({None: 1}, {1: dicts[None]}, CompressionSettings())
     return sum(len(compressor.compress("any", d)[1]) for d in docs)
 
 
@@ -115,9 +126,53 @@ def test_empty_texts_in_a_batch_are_stored_raw_also_when_a_dictionary_gets_only_
         assert back == [d for _, d in docs]
 
 
+def _frame_at(level: int, dictionary: bytes | None, data: bytes) -> bytes:
+    """The frame zstd makes of `data` at `level` with `dictionary`, independently of Compressor."""
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level,
+        format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+        write_content_size=True,
+        write_checksum=False,
+        write_dict_id=False,
+    )
+    if dictionary is None:
+        return zstandard.ZstdCompressor(compression_params=params).compress(data)
+    digested = zstandard.ZstdCompressionDict(dictionary)
+    digested.precompute_compress(compression_params=params)
+    return zstandard.ZstdCompressor(compression_params=params, dict_data=digested).compress(data)
+
+
+@pytest.mark.parametrize("small_level", [None, 3, 9])
+def test_documents_under_small_bytes_compress_at_small_level(small_level: int | None) -> None:
+    settings = CompressionSettings(level=3, small_level=small_level, small_bytes=1000, min_subset_bytes=10_000)
+    dicts = train_dictionaries(_corpus(), settings)
+    ids = {subset: i + 1 for i, subset in enumerate(dicts)}
+    compressor = Compressor(ids, {ids[s]: d for s, d in dicts.items()}, settings)
+    decompressor = Decompressor((ids[s], d) for s, d in dicts.items())
+    docs = [("Pile-CC", d) for d in _corpus(5)["Pile-CC"][:40]]
+    assert {len(d) < 1000 for _, d in docs} == {True, False}  # both kinds
+    stored = compressor.compress_batch(docs)
+    assert stored == [compressor.compress(s, d) for s, d in docs]
+    for (codec, frame), (_, data) in zip(stored, docs, strict=True):
+        level = (small_level or 3) if len(data) < 1000 else 3
+        assert codec == ids["Pile-CC"] and frame == _frame_at(level, dicts["Pile-CC"], data)
+        assert decompressor.decompress(codec, frame, len(data)) == data
+
+
+def test_frames_are_zstd_frames_without_the_magic_number() -> None:
+    compressor, decompressor = _CODEC
+    data = b"the of and a to in " * 100
+    codec, frame = compressor.compress("Pile-CC", data)
+    assert codec != RAW and not frame.startswith(b"\x28\xb5\x2f\xfd")
+    dictionary = {s: d for s, d in train_dictionaries(_corpus(), CompressionSettings(min_subset_bytes=10_000)).items()}
+    dctx = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(dictionary["Pile-CC"]))
+    assert dctx.decompress(b"\x28\xb5\x2f\xfd" + frame) == data  # with the magic put back: a standard frame
+    assert decompressor.decompress(codec, frame, len(data)) == data
+
+
 def test_dictionaries_shrink_small_documents() -> None:
     compressor, _ = _CODEC
-    plain = Compressor({None: 1}, {1: None}, 3)
+    plain = Compressor({None: 1}, {1: None}, CompressionSettings())
     docs = _corpus(7)["Github"][:50]
     assert sum(len(compressor.compress("Github", d)[1]) for d in docs) < 0.9 * sum(
         len(plain.compress("Github", d)[1]) for d in docs

@@ -58,9 +58,10 @@ def test_the_frame_stream_gives_back_every_documents_bytes(
     assert all(n == C for n in chunk_sizes[:-1]) and 0 < (chunk_sizes or [1])[-1] <= C
 
 
-def test_chunks_fill_whole_pages_without_overflow(sample_store_dir: Path) -> None:
-    """What the chunk size is for: SQLite keeps each chunk in one leaf page, so pages are ~99% payload (the
-    sample corpus's blob-per-document rows left 17% of their leaf pages empty)."""
+def test_chunks_fill_their_pages(sample_store_dir: Path) -> None:
+    """What the chunk size is for: each chunk fills one leaf cell and OVERFLOW_PAGES overflow pages exactly, so
+    pages are ~99.85% payload (the sample corpus's blob-per-document rows left 17% of their leaf pages empty;
+    one-page chunks, format 3, 99.0%)."""
     conn = partition.connect_reader(sample_store_dir / "partitions" / "00000.sqlite")
     pages = {
         (name, kind): (count, payload, unused)
@@ -68,12 +69,18 @@ def test_chunks_fill_whole_pages_without_overflow(sample_store_dir: Path) -> Non
             "SELECT name, pagetype, count(*), sum(payload), sum(unused) FROM dbstat GROUP BY name, pagetype"
         )
     }
-    assert ("chunks", "overflow") not in pages and ("documents", "overflow") not in pages
-    count, payload, unused = pages[("chunks", "leaf")]
-    assert count == -(-partition.stream_bytes(conn) // C)  # one chunk per page
-    assert payload / (count * partition.PAGE_SIZE) > 0.99
+    assert ("documents", "overflow") not in pages
+    end = partition.stream_bytes(conn)
+    chunks = -(-end // C)
+    leaves, leaf_payload, leaf_unused = pages[("chunks", "leaf")]
+    overflows, overflow_payload, overflow_unused = pages[("chunks", "overflow")]
+    assert leaves == chunks  # one chunk per leaf page
+    full_chunks = chunks - 1
+    assert overflows >= full_chunks * partition.OVERFLOW_PAGES
+    assert leaf_unused + overflow_unused < 8 * partition.PAGE_SIZE  # only the last, shorter chunk leaves room
+    assert (leaf_payload + overflow_payload) / ((leaves + overflows) * partition.PAGE_SIZE) > 0.998
     stored = sum(p["stored_bytes"] for p in pilestore.open(sample_store_dir).manifest["partitions"])
-    assert partition.stream_bytes(conn) == stored
+    assert end == stored
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 
 import pilestore
 from pilestore.errors import IncompleteStoreError, StoreFormatError, StoreNotFoundError
+from pilestore.manifest import FORMAT_VERSION
 
 
 def test_open_refuses_missing_and_non_store_directories(tmp_path: Path) -> None:
@@ -32,13 +33,19 @@ def test_open_refuses_an_incomplete_store_and_says_how_to_finish(tmp_path: Path)
         (b"{not json", "corrupt manifest"),
         (json.dumps({"format": "pilestore", "format_version": 99}).encode(), "format version 99"),
         (
-            json.dumps({"format": "pilestore", "format_version": 2}).encode(),
+            json.dumps({"format": "pilestore", "format_version": FORMAT_VERSION - 1}).encode(),
             "older pilestore.*ingest the sources again",
         ),
         (json.dumps({"format": "other"}).encode(), "not a pilestore manifest"),
         (
             json.dumps(
-                {"format": "pilestore", "format_version": 3, "documents": 5, "subsets": [], "partitions": []}
+                {
+                    "format": "pilestore",
+                    "format_version": FORMAT_VERSION,
+                    "documents": 5,
+                    "subsets": [],
+                    "partitions": [],
+                }
             ).encode(),
             "inconsistent manifest",
         ),
@@ -58,11 +65,11 @@ def test_a_partition_of_an_older_format_is_refused_with_what_to_do(sample_store_
     shutil.copytree(sample_store_dir, tmp_path / "s.store")
     part = next((tmp_path / "s.store" / "partitions").glob("*.sqlite"))
     conn = apsw.Connection(str(part))
-    conn.execute("PRAGMA user_version = 2")  # what pilestore wrote before the chunked frame stream
+    conn.execute("PRAGMA user_version = 3")  # what pilestore wrote before chunks of 16 pages
     conn.close()
     with pytest.raises(
         StoreFormatError,
-        match=rf"{part.name}: partition format 2, written by an older pilestore.*ingest the source again",
+        match=rf"{part.name}: partition format 3, written by an older pilestore.*ingest the source again",
     ):
         pilestore.open(tmp_path / "s.store")[0]
 

@@ -4,7 +4,8 @@
   .venv/bin/python benchmarks/compare_peers.py          # sample corpus; ~10 minutes on 2 cores
   .venv/bin/python benchmarks/compare_peers.py --corpus 11.jsonl.zst --work /big/disk
 
-Systems: pilestore (and pilestore-l5: the same at `--level 5`, documents only); Hugging Face `datasets` (Arrow,
+Systems: pilestore (and, documents only, pilestore-l5: the same at `--level 5`; pilestore-small5: at
+`--small-level 5`, level 5 for documents under 16 KiB); Hugging Face `datasets` (Arrow,
 save_to_disk / load_from_disk); MosaicML `streaming` (MDS, zstd-compressed shards); `litdata` (optimize,
 zstd-compressed chunks); and the Megatron / nanoGPT approach, a flat `np.memmap` (UTF-8 text + int64 offsets for
 documents, token ids for training).
@@ -51,10 +52,10 @@ from bench_store import du, json_bytes  # noqa: E402  (benchmarks/ is the script
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("PILESTORE_SHARED", HERE.parents[1] / "shared"))
-SYSTEMS = ["pilestore", "pilestore-l5", "datasets", "mds", "litdata", "memmap"]
-PACKAGES = {"pilestore": "pilestore", "pilestore-l5": "pilestore", "datasets": "datasets",
-            "mds": "mosaicml-streaming", "litdata": "litdata", "memmap": "numpy"}  # fmt: skip
-DOCS_ONLY = {"pilestore-l5"}  # the same token path as pilestore's: not run again in the loader part
+SYSTEMS = ["pilestore", "pilestore-l5", "pilestore-small5", "datasets", "mds", "litdata", "memmap"]
+PACKAGES = {"pilestore": "pilestore", "pilestore-l5": "pilestore", "pilestore-small5": "pilestore",
+            "datasets": "datasets", "mds": "mosaicml-streaming", "litdata": "litdata", "memmap": "numpy"}  # fmt: skip
+DOCS_ONLY = {"pilestore-l5", "pilestore-small5"}  # the token path is pilestore's: not run again for the loader
 SEQ_LEN, BLOCK = 2048, 2049
 ACCESS, BATCH, BATCHES = 20_000, 8, 400
 
@@ -168,6 +169,16 @@ class PilestoreLevel5Docs(PilestoreDocs):
         from pilestore.ingest import ingest
 
         ingest([corpus], out, settings=CompressionSettings(level=5))
+
+
+class PilestoreSmall5Docs(PilestoreDocs):
+    """`pilestore ingest --small-level 5`: level 5 for documents under 16 KiB, level 3 for the rest."""
+
+    def build(self, corpus: Path, out: Path) -> None:
+        from pilestore.codec import CompressionSettings
+        from pilestore.ingest import ingest
+
+        ingest([corpus], out, settings=CompressionSettings(small_level=5))
 
 
 class HFDocs(Docs):
@@ -296,7 +307,8 @@ class MemmapDocs(Docs):
 
 
 DOCS: dict[str, type[Docs]] = {
-    "pilestore": PilestoreDocs, "pilestore-l5": PilestoreLevel5Docs, "datasets": HFDocs, "mds": MDSDocs,
+    "pilestore": PilestoreDocs, "pilestore-l5": PilestoreLevel5Docs, "pilestore-small5": PilestoreSmall5Docs,
+    "datasets": HFDocs, "mds": MDSDocs,
     "litdata": LitDocs, "memmap": MemmapDocs,
 }  # fmt: skip
 

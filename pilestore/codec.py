@@ -44,7 +44,7 @@ class CompressionSettings:
     """zstd level of documents under `small_bytes`; None: `level`. Level 5's deeper search finds far more of
     a small document in its dictionary: on the sample corpus, level 5 below 16 KiB saves 172 KB (1.4% of the
     frames) for 14% more compression time, level 5 on every document 384 KB for 61% more; on synthetic
-    Pile-sized documents it costs ~20% more ingest CPU (benchmarks.md, "Level by document size")."""
+    Pile-sized documents it cost 15-17% more ingest CPU (benchmarks.md, "Level by document size")."""
     small_bytes: int = 16 * 1024
     """Documents shorter than this (UTF-8 bytes) compress at `small_level`."""
     dict_size: int = 112 * 1024

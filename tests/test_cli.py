@@ -109,14 +109,18 @@ def test_info_gives_each_partitions_stored_size_and_zstd_level(make_shard: Shard
     a = make_shard([doc(f"first source, document {i} " * 20) for i in range(50)], name="a.jsonl.zst")
     b = make_shard([doc(f"second source, document {i} " * 20, "Github") for i in range(50)], name="b.jsonl.zst")
     assert run("ingest", str(a), "--store", store).returncode == 0
+    c = make_shard([doc(f"third source, document {i} " * 20) for i in range(50)], name="c.jsonl.zst")
     assert run("ingest", str(b), "--store", store, "--level", "5").returncode == 0
+    assert run("ingest", str(c), "--store", store, "--small-level", "7").returncode == 0
     data = json.loads(CliRunner().invoke(cli, ["info", "--store", store, "--json"]).output)
-    assert [p["zstd_level"] for p in data["partitions"]] == [3, 5]
+    assert [p["zstd_level"] for p in data["partitions"]] == [3, 5, 3]
+    assert [p["zstd_small_level"] for p in data["partitions"]] == [None, None, 7]
     stored = sum(v["stored_bytes"] for v in data["subsets"].values())
     assert all(p["stored_bytes"] > 0 for p in data["partitions"])
     assert sum(p["stored_bytes"] for p in data["partitions"]) == stored
     table = CliRunner().invoke(cli, ["info", "--store", store]).output
     assert "level" in table and "stored MB" in table and "a.jsonl.zst" in table and "b.jsonl.zst" in table
+    assert "3 (7 < 16 KiB)" in table
 
 
 def test_verify_and_export_commands(sample_store_dir: Path, tmp_path: Path, sample_records: list[dict]) -> None:

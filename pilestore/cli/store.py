@@ -162,6 +162,8 @@ def _info(store: Any) -> dict[str, Any]:
                 "source_bytes": p["source"]["size"],
                 "stored_bytes": p["stored_bytes"],
                 "zstd_level": p["compression"]["level"],
+                "zstd_small_level": p["compression"].get("small_level"),
+                "small_bytes": p["compression"].get("small_bytes"),
                 "skipped_lines": sum(p["skipped"].values()),
                 "created": p["created"],
             }
@@ -208,7 +210,7 @@ def info(store_dir: Path, json_output: bool) -> None:
         if name == "source":  # the column that tells partitions apart: whole names, the others narrow first
             sources.add_column(name, min_width=min(longest, 48))
         else:
-            sources.add_column(name, justify="right")
+            sources.add_column(name, justify="right", no_wrap=name == "level")
     for p in data["partitions"]:
         sources.add_row(
             str(p["id"]),
@@ -216,11 +218,21 @@ def info(store_dir: Path, json_output: bool) -> None:
             f"{p['documents']:,}",
             f"{p['source_bytes'] / 1e6:,.1f}",
             f"{p['stored_bytes'] / 1e6:,.1f}",
-            str(p["zstd_level"]),
+            _level_cell(p),
             f"{p['skipped_lines']:,}",
         )
     ui.out.print(sources)
     _print_views(ui, data["views"])
+
+
+def _level_cell(partition: dict[str, Any]) -> str:
+    """'3', or '3 (5 < 16 KiB)' for a partition whose small documents have their own level."""
+    small = partition["zstd_small_level"]
+    if small is None or small == partition["zstd_level"] or not partition["small_bytes"]:
+        return str(partition["zstd_level"])
+    size = partition["small_bytes"]
+    under = f"{size // 1024} KiB" if size % 1024 == 0 else f"{size:,} B"
+    return f"{partition['zstd_level']} ({small} < {under})"
 
 
 def _print_views(ui: Ui, views: list[dict[str, Any]]) -> None:

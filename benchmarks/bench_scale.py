@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -57,9 +58,9 @@ def json_mb(sources: list[dict]) -> float:
 
 def zstd_pipe(sources: list[Path], parallel: int) -> tuple[float, float, int]:
     """The baseline over every source, `parallel` pipelines at a time."""
-    listing = " ".join(str(s) for s in sources)
-    cmd = f"printf '%s\\n' {listing} | xargs -P {parallel} -I{{}} sh -c 'zstd -dc {{}} | zstd -3 -c > /dev/null'"
-    return run_measured(cmd, shell=True)
+    listing = " ".join(shlex.quote(str(s.resolve())) for s in sources)  # zstd skips symbolic links
+    pipe = "bash -o pipefail -c 'zstd -dc {} | zstd -3 -c > /dev/null'"  # fails when either zstd fails
+    return run_measured(f"printf '%s\\n' {listing} | xargs -P {parallel} -I{{}} {pipe}", shell=True)
 
 
 def pilestore(*args: str, cores: str | None = None) -> tuple[float, float, int]:
@@ -72,10 +73,9 @@ def bench_cores(work: Path, paths: list[Path], total_mb: float) -> None:
     """Scaling with cores: 1 worker pinned to 1 CPU vs 2 workers on 2 CPUs (a single ingest worker also uses
     part of a second core for reading and decompressing its source, so unpinned 1 -> 2 workers on a 2-CPU
     machine understates what a second core adds); the zstd pipeline pinned to 1 CPU beside it."""
-    listing = " ".join(str(s) for s in paths)
-    zwall, zcpu, _ = run_measured(
-        f'for f in {listing}; do taskset -c 0 sh -c "zstd -dc $f | zstd -3 -c > /dev/null"; done', shell=True
-    )
+    listing = " ".join(shlex.quote(str(s.resolve())) for s in paths)
+    pipe = 'taskset -c 0 bash -o pipefail -c "zstd -dc $f | zstd -3 -c > /dev/null" || exit 1'
+    zwall, zcpu, _ = run_measured(f"for f in {listing}; do {pipe}; done", shell=True)
     emit("zstd_cores", cores=1, wall_s=round(zwall, 1), mb_per_s=round(total_mb / zwall, 1))
     rates = {}
     for workers, cores in ((1, "0"), (2, "0,1")):

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -66,6 +67,12 @@ def run_measured(cmd: list[str] | str, shell: bool = False) -> tuple[float, floa
     return wall, cpu, maxrss_kb // 1024
 
 
+def zstd_pipeline(source: Path) -> list[str]:
+    """The ingest baseline as a command: `zstd -dc SRC | zstd -3 -c > /dev/null`, failing when either zstd fails
+    (pipefail). The source is resolved: zstd skips a symbolic link, and the baseline of a linked source took 0 s."""
+    return ["bash", "-o", "pipefail", "-c", f"zstd -dc {shlex.quote(str(source.resolve()))} | zstd -3 -c > /dev/null"]
+
+
 def json_bytes(path: Path) -> int:
     """Uncompressed size of a .jsonl.zst."""
     total = 0
@@ -103,9 +110,7 @@ def bench_ingest(
             *extra,
         ]
     )
-    zwall, zcpu, zrss = (
-        run_measured(f"zstd -dc {sources[0]} | zstd -3 -c > /dev/null", shell=True) if baseline else (None, None, None)
-    )
+    zwall, zcpu, zrss = run_measured(zstd_pipeline(sources[0])) if baseline else (None, None, None)
     fields: dict = {
         "corpus": label,
         "workers": workers,

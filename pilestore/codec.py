@@ -1,8 +1,8 @@
 """Per-document zstd frames with dictionaries trained on the source's own documents.
 
     first sample_mb of text ─▶ train one dictionary per big-enough subset + one shared ─▶ Compressor
-    doc ─▶ magicless zstd frame (content size in header; no magic number, dict id or checksum) at `level`
-           (`small_level` under `small_bytes`, if set) ─▶ raw if it does not shrink
+    doc ─▶ magicless zstd frame (content size in header; no magic number, dict id or checksum) at `level`,
+           or at `small_level` (if set) under `small_bytes` ─▶ raw if it does not shrink
 
 Frames are magicless (zstd's ZSTD_f_zstd1_magicless format): the 4 bytes of `28 b5 2f fd` every frame would
 start with say nothing that the codec id does not, and cost 24 KB of the sample corpus's store. Prepend them
@@ -38,13 +38,15 @@ class CompressionSettings:
     """How ingest compresses documents. Defaults chosen by benchmarks/bench_codec.py (docs/format.md)."""
 
     level: int = 3
-    """zstd level (of documents of `small_bytes` and more, when `small_level` is set): 3 compresses at ~170 MB/s
-    per core."""
+    """zstd level of documents of `small_bytes` and more (of every document when `small_level` is None): 3
+    compresses at ~170 MB/s per core."""
     small_level: int | None = None
-    """zstd level of documents under `small_bytes`; None: `level`. Level 5's deeper search finds far more of
-    a small document in its dictionary: on the sample corpus, level 5 below 16 KiB saves 172 KB (1.4% of the
-    frames) for 14% more compression time, level 5 on every document 384 KB for 61% more; on synthetic
-    Pile-sized documents it cost 15-17% more ingest CPU (benchmarks.md, "Level by document size")."""
+    """zstd level of shorter documents, never below `level`; None: `level`. Level 5's deeper search finds far
+    more of a small document in its dictionary: on the sample corpus level 5 under 16 KiB saves 172 KB (1.4%) of
+    the store for 14% more compression time (level 5 on every document: 384 KB for 61% more), which makes the
+    store smaller than MosaicML MDS's; but on synthetic Pile-sized documents it costs 9-17% more ingest CPU,
+    more than the ingest target (>= 0.5x a zstd pipeline) has to spare (benchmarks.md, "Level by document
+    size"), so it is not the default."""
     small_bytes: int = 16 * 1024
     """Documents shorter than this (UTF-8 bytes) compress at `small_level`."""
     dict_size: int = 112 * 1024
@@ -143,7 +145,7 @@ def train_dictionaries(
 
 class Compressor:
     """Compresses each document with its subset's dictionary (or the shared one) at the level its size calls
-    for (CompressionSettings.small_level under small_bytes, if set); keeps raw what does not shrink."""
+    for (CompressionSettings.small_level, if set, under small_bytes); keeps raw what does not shrink."""
 
     def __init__(
         self,
@@ -155,7 +157,7 @@ class Compressor:
         self.threads = threads  # zstd threads per batch call (multi_compress_to_buffer)
         self._codec_of_subset = dict(codec_of_subset)
         self._shared = self._codec_of_subset[None]
-        small_level = settings.level if settings.small_level is None else settings.small_level
+        small_level = max(settings.level, settings.small_level or settings.level)
         self._small_bytes = settings.small_bytes if small_level != settings.level else 0  # 0: one context each
         self._cctx: dict[tuple[int, bool], zstandard.ZstdCompressor] = {}
         for codec, data in dictionaries.items():

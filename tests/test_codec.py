@@ -142,9 +142,11 @@ def _frame_at(level: int, dictionary: bytes | None, data: bytes) -> bytes:
     return zstandard.ZstdCompressor(compression_params=params, dict_data=digested).compress(data)
 
 
-@pytest.mark.parametrize("small_level", [None, 3, 9])
-def test_documents_under_small_bytes_compress_at_small_level(small_level: int | None) -> None:
-    settings = CompressionSettings(level=3, small_level=small_level, small_bytes=1000, min_subset_bytes=10_000)
+@pytest.mark.parametrize(("level", "small_level"), [(3, None), (3, 5), (3, 9), (3, 3), (3, 1), (7, 5)])
+def test_documents_under_small_bytes_compress_at_small_level_never_below_level(
+    level: int, small_level: int | None
+) -> None:
+    settings = CompressionSettings(level=level, small_level=small_level, small_bytes=1000, min_subset_bytes=10_000)
     dicts = train_dictionaries(_corpus(), settings)
     ids = {subset: i + 1 for i, subset in enumerate(dicts)}
     compressor = Compressor(ids, {ids[s]: d for s, d in dicts.items()}, settings)
@@ -154,8 +156,8 @@ def test_documents_under_small_bytes_compress_at_small_level(small_level: int | 
     stored = compressor.compress_batch(docs)
     assert stored == [compressor.compress(s, d) for s, d in docs]
     for (codec, frame), (_, data) in zip(stored, docs, strict=True):
-        level = (small_level or 3) if len(data) < 1000 else 3
-        assert codec == ids["Pile-CC"] and frame == _frame_at(level, dicts["Pile-CC"], data)
+        expected = max(level, small_level or level) if len(data) < 1000 else level
+        assert codec == ids["Pile-CC"] and frame == _frame_at(expected, dicts["Pile-CC"], data)
         assert decompressor.decompress(codec, frame, len(data)) == data
 
 

@@ -28,8 +28,8 @@ from .ui import Ui, subset_table
     "--small-level",
     default=None,
     type=click.IntRange(1, 22),
-    help="zstd level of shorter documents  [default: --level]. 5 finds more of a small document in its dictionary: "
-    "1.4% smaller for 14% more compression time on the sample corpus.",
+    help="zstd level of shorter documents (never below --level)  [default: --level]. 5 finds more of a small "
+    "document in its dictionary: 1.4% smaller on the sample corpus for ~15% more ingest CPU.",
 )
 @click.option(
     "--small-bytes",

@@ -162,8 +162,8 @@ def _info(store: Any) -> dict[str, Any]:
                 "source_bytes": p["source"]["size"],
                 "stored_bytes": p["stored_bytes"],
                 "zstd_level": p["compression"]["level"],
-                "zstd_small_level": p["compression"].get("small_level"),
-                "small_bytes": p["compression"].get("small_bytes"),
+                "zstd_small_level": _small_level(p["compression"]),
+                "small_bytes": p["compression"]["small_bytes"],
                 "skipped_lines": sum(p["skipped"].values()),
                 "created": p["created"],
             }
@@ -225,10 +225,16 @@ def info(store_dir: Path, json_output: bool) -> None:
     _print_views(ui, data["views"])
 
 
+def _small_level(compression: dict[str, Any]) -> int | None:
+    """The level documents under small_bytes got, if it differs from the partition's level."""
+    small = max(compression["level"], compression["small_level"] or compression["level"])
+    return small if small != compression["level"] and compression["small_bytes"] else None
+
+
 def _level_cell(partition: dict[str, Any]) -> str:
     """'3', or '3 (5 < 16 KiB)' for a partition whose small documents have their own level."""
     small = partition["zstd_small_level"]
-    if small is None or small == partition["zstd_level"] or not partition["small_bytes"]:
+    if small is None:
         return str(partition["zstd_level"])
     size = partition["small_bytes"]
     under = f"{size // 1024} KiB" if size % 1024 == 0 else f"{size:,} B"

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import pilestore
-from pilestore.torch import PileDataset, PileSampler, collate, eval_loaders, evaluate
+from pilestore.torch import PileDataset, PileSampler, collate, eval_loaders, evaluate, exit_rank
 
 
 class Block(nn.Module):
@@ -195,8 +195,7 @@ def main() -> None:
             break
     if step >= args.steps and not (args.eval_every and step % args.eval_every == 0):
         report_validation(args, store, model, device, rank, shape, step)
-    if world > 1:
-        dist.destroy_process_group()
+    exit_rank()  # closes the process group and skips the interpreter's teardown, which gloo can abort
 
 
 def report_validation(args: argparse.Namespace, store, model, device, rank: int, shape: dict, step: int) -> None:  # noqa: ANN001

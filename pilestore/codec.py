@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import zstandard
 
@@ -76,6 +77,10 @@ class CompressionSettings:
                 f"{self.min_subset_bytes} and {self.min_subset_docs}"
             )
 
+    def level_of_small(self) -> int | None:
+        """The level documents under `small_bytes` get, when it is not `level` (None: every document at `level`)."""
+        return small_level_of(self.as_dict())
+
     def as_dict(self) -> dict[str, int | str | None]:
         return {
             "codec": "zstd",
@@ -89,6 +94,15 @@ class CompressionSettings:
             "min_subset_bytes": self.min_subset_bytes,
             "min_subset_docs": self.min_subset_docs,
         }
+
+
+def small_level_of(compression: Mapping[str, Any]) -> int | None:
+    """From settings as a partition records them (CompressionSettings.as_dict): the level of documents under
+    `small_bytes` when it differs from `level` (it is never below it), else None."""
+    level, small = compression["level"], compression.get("small_level")
+    if small is None or small <= level or not compression.get("small_bytes"):
+        return None
+    return int(small)
 
 
 def _train(samples: list[bytes], settings: CompressionSettings) -> bytes | None:
@@ -157,12 +171,12 @@ class Compressor:
         self.threads = threads  # zstd threads per batch call (multi_compress_to_buffer)
         self._codec_of_subset = dict(codec_of_subset)
         self._shared = self._codec_of_subset[None]
-        small_level = max(settings.level, settings.small_level or settings.level)
-        self._small_bytes = settings.small_bytes if small_level != settings.level else 0  # 0: one context each
+        small_level = settings.level_of_small()
+        self._small_bytes = settings.small_bytes if small_level else 0  # 0: one context per dictionary
         self._cctx: dict[tuple[int, bool], zstandard.ZstdCompressor] = {}
         for codec, data in dictionaries.items():
             self._cctx[codec, False] = self._context(data, settings.level)
-            if self._small_bytes:
+            if small_level:
                 self._cctx[codec, True] = self._context(data, small_level)
 
     @staticmethod

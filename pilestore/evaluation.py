@@ -52,10 +52,7 @@ def span_losses(logits: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> dict
 def reduce_metrics(metrics: SubsetMetrics, device: torch.device | str = "cpu") -> SubsetMetrics:
     """Sum the metrics of every rank (a no-op without torch.distributed); returns them for chaining."""
     if dist.is_available() and dist.is_initialized():
-        # a tensor of torch's own memory (a copy), never one over a numpy array: gloo keeps the tensors of its
-        # work objects on its own threads, and freeing a numpy-backed one there needs the GIL, which aborts the
-        # process ("terminate called without an active exception") when that happens at interpreter exit
-        summed = torch.tensor(metrics.to_array(), device=device)
+        summed = torch.from_numpy(metrics.to_array()).to(device)
         dist.all_reduce(summed)
         metrics.load_array(summed.cpu().numpy())
     return metrics

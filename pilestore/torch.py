@@ -515,7 +515,6 @@ def exit_rank(code: int = 0) -> NoReturn:
     gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-    gc.collect()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)

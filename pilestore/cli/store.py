@@ -136,6 +136,7 @@ def _disk_bytes(path: Path) -> int:
 
 
 def _info(store: Any) -> dict[str, Any]:
+    from ..codec import small_level_of
     from ..manifest import subset_totals, with_ratios
     from ..samples import describe_views
 
@@ -162,7 +163,7 @@ def _info(store: Any) -> dict[str, Any]:
                 "source_bytes": p["source"]["size"],
                 "stored_bytes": p["stored_bytes"],
                 "zstd_level": p["compression"]["level"],
-                "zstd_small_level": _small_level(p["compression"]),
+                "zstd_small_level": small_level_of(p["compression"]),
                 "small_bytes": p["compression"]["small_bytes"],
                 "skipped_lines": sum(p["skipped"].values()),
                 "created": p["created"],
@@ -223,12 +224,6 @@ def info(store_dir: Path, json_output: bool) -> None:
         )
     ui.out.print(sources)
     _print_views(ui, data["views"])
-
-
-def _small_level(compression: dict[str, Any]) -> int | None:
-    """The level documents under small_bytes got, if it differs from the partition's level."""
-    small = max(compression["level"], compression["small_level"] or compression["level"])
-    return small if small != compression["level"] and compression["small_bytes"] else None
 
 
 def _level_cell(partition: dict[str, Any]) -> str:

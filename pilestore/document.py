@@ -73,6 +73,8 @@ def subset_of(rest: dict[str, Any]) -> str:
     name = meta.get("pile_set_name") if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name or name == NO_SUBSET:
         return NO_SUBSET
+    if name.isascii():
+        return name
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate in the name: keep it in meta, group it as unknown

@@ -8,6 +8,7 @@ survive the round trip: `decode_text(encode_text(s)) == s` for every Python stri
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -56,11 +57,17 @@ def checksum(data: bytes) -> int:
     return value - (1 << 64) if value >= (1 << 63) else value
 
 
+@functools.lru_cache(maxsize=1024)
+def _subset_tag(subset: str) -> bytes:
+    """The subset's part of a row checksum (a store has a few dozen subsets; encoded once each)."""
+    return b"\x00" + subset.encode("utf-8", "surrogatepass") + b"\x00"
+
+
 def row_checksum(data: bytes, subset: str, rest: str | None) -> int:
     """A partition row's checksum: xxh3_64 of the text, then its subset name and stored meta JSON, as a signed
     int64. A damaged row cannot return another subset or another document's meta without an error."""
     hasher = xxhash.xxh3_64(data)
-    hasher.update(b"\x00" + subset.encode("utf-8", "surrogatepass") + b"\x00")
+    hasher.update(_subset_tag(subset))
     if rest is not None:
         hasher.update(rest.encode("utf-8", "surrogatepass"))
     value = hasher.intdigest()
@@ -104,12 +111,18 @@ def may_hold_big_int(value: Any) -> bool:
     orjson reads such integers as floats without a word; the stdlib keeps them exact, so callers
     re-parse with it when this says so (a float this large written as a float re-parses the same).
     """
-    if type(value) is float:
+    kind = type(value)
+    if kind is float:
         return value.is_integer() and abs(value) >= 2**63
-    if type(value) is dict:
-        return any(may_hold_big_int(v) for v in value.values())
-    if type(value) is list:
-        return any(may_hold_big_int(v) for v in value)
+    if kind is dict:
+        items: Any = value.values()
+    elif kind is list:
+        items = value
+    else:
+        return False
+    for item in items:  # a loop, not any(generator): it runs for every line ingested
+        if type(item) is not str and may_hold_big_int(item):
+            return True
     return False
 
 

@@ -130,17 +130,35 @@ def test_iter_lines_is_independent_of_chunk_boundaries(lines: list[bytes], chunk
     ],
 )
 def test_bad_lines_are_classified(line: bytes, reason: str) -> None:
-    with pytest.raises(LineError) as err:
-        parse_line(line)
-    assert err.value.reason == reason
+    for given in (line, memoryview(b"\n" + line + b"\n")[1:-1]):  # iter_lines hands out slices of a chunk
+        with pytest.raises(LineError) as err:
+            parse_line(given)
+        assert err.value.reason == reason
+
+
+def test_lines_are_views_of_their_chunk_except_those_that_span_chunks() -> None:
+    chunks = [b'{"text": "a"}\n{"text": "b', b'c"}\n{"text": "d"}\n']
+    lines = list(iter_lines(iter(chunks), Path("x")))
+    assert [(n, bytes(line)) for n, line in lines] == [
+        (1, b'{"text": "a"}'),
+        (2, b'{"text": "bc"}'),
+        (3, b'{"text": "d"}'),
+    ]
+    assert [type(line) for _, line in lines] == [memoryview, bytes, memoryview]
+    assert [parse_line(line)[0] for _, line in lines] == ["a", "bc", "d"]
 
 
 def test_lone_surrogates_fall_back_to_the_stdlib_and_are_kept() -> None:
-    text, rest = parse_line(b'{"text": "a\\ud83db \\ude00\\ud83d", "meta": {"pile_set_name": "X"}}')
-    assert text == "a\ud83db \ude00\ud83d"
-    assert rest == {"meta": {"pile_set_name": "X"}}
+    line = b'{"text": "a\\ud83db \\ude00\\ud83d", "meta": {"pile_set_name": "X"}}'
+    for given in (line, memoryview(line)):
+        text, rest = parse_line(given)
+        assert text == "a\ud83db \ude00\ud83d"
+        assert rest == {"meta": {"pile_set_name": "X"}}
 
 
 def test_integers_beyond_64_bits_in_meta_stay_exact() -> None:
-    _, rest = parse_line(b'{"text": "a", "meta": {"id": -9223372036854775809, "n": [123456789012345678901234567890]}}')
-    assert rest == {"meta": {"id": -9223372036854775809, "n": [123456789012345678901234567890]}}
+    line = b'{"text": "a", "meta": {"id": -9223372036854775809, "n": [123456789012345678901234567890]}, "k": [{"z": 2e19}]}'
+    for given in (line, memoryview(line)):
+        _, rest = parse_line(given)
+        assert rest == {"meta": {"id": -9223372036854775809, "n": [123456789012345678901234567890]}, "k": [{"z": 2e19}]}
+    assert type(parse_line(line)[1]["k"][0]["z"]) is float  # a float stays a float

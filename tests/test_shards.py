@@ -130,9 +130,9 @@ def test_iter_lines_is_independent_of_chunk_boundaries(lines: list[bytes], chunk
     ],
 )
 def test_bad_lines_are_classified(line: bytes, reason: str) -> None:
-    for given in (line, memoryview(b"\n" + line + b"\n")[1:-1]):  # iter_lines hands out slices of a chunk
+    for form in (line, memoryview(b"\n" + line + b"\n")[1:-1]):  # iter_lines hands out slices of a chunk
         with pytest.raises(LineError) as err:
-            parse_line(given)
+            parse_line(form)
         assert err.value.reason == reason
 
 
@@ -150,15 +150,16 @@ def test_lines_are_views_of_their_chunk_except_those_that_span_chunks() -> None:
 
 def test_lone_surrogates_fall_back_to_the_stdlib_and_are_kept() -> None:
     line = b'{"text": "a\\ud83db \\ude00\\ud83d", "meta": {"pile_set_name": "X"}}'
-    for given in (line, memoryview(line)):
-        text, rest = parse_line(given)
+    for form in (line, memoryview(line)):
+        text, rest = parse_line(form)
         assert text == "a\ud83db \ude00\ud83d"
         assert rest == {"meta": {"pile_set_name": "X"}}
 
 
 def test_integers_beyond_64_bits_in_meta_stay_exact() -> None:
-    line = b'{"text": "a", "meta": {"id": -9223372036854775809, "n": [123456789012345678901234567890]}, "k": [{"z": 2e19}]}'
-    for given in (line, memoryview(line)):
-        _, rest = parse_line(given)
-        assert rest == {"meta": {"id": -9223372036854775809, "n": [123456789012345678901234567890]}, "k": [{"z": 2e19}]}
+    expected = {"meta": {"id": -9223372036854775809, "n": [123456789012345678901234567890]}, "k": [{"z": 2e19}]}
+    line = b'{"text": "a", ' + json.dumps(expected)[1:].encode()
+    for form in (line, memoryview(line)):
+        _, rest = parse_line(form)
+        assert rest == expected
     assert type(parse_line(line)[1]["k"][0]["z"]) is float  # a float stays a float

@@ -51,7 +51,7 @@ def main() -> None:
         for level in args.levels:
             for dict_size in args.dict_sizes:
                 store_dir = Path(tmp) / f"l{level}-d{dict_size}.store"
-                settings = CompressionSettings(level=level, dict_size=dict_size)
+                settings = CompressionSettings(level=level, small_level=None, dict_size=dict_size)  # level for all
                 report = ingest([args.corpus], store_dir, settings=settings).as_dict()
                 disk = sum(p.stat().st_size for p in store_dir.rglob("*") if p.is_file())
                 row = {

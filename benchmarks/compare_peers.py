@@ -4,11 +4,11 @@
   .venv/bin/python benchmarks/compare_peers.py          # sample corpus; ~10 minutes on 2 cores
   .venv/bin/python benchmarks/compare_peers.py --corpus 11.jsonl.zst --work /big/disk
 
-Systems: pilestore (and, documents only, pilestore-l5: the same at `--level 5`; pilestore-small5: at
-`--small-level 5`, level 5 for documents under 16 KiB); Hugging Face `datasets` (Arrow,
-save_to_disk / load_from_disk); MosaicML `streaming` (MDS, zstd-compressed shards); `litdata` (optimize,
-zstd-compressed chunks); and the Megatron / nanoGPT approach, a flat `np.memmap` (UTF-8 text + int64 offsets for
-documents, token ids for training).
+Systems: pilestore (its defaults: level 5 for documents under 16 KiB, 3 for the rest; and, documents only,
+pilestore-l5: the same at `--level 5`; pilestore-l3: at `--small-level 3`, level 3 for every document);
+Hugging Face `datasets` (Arrow, save_to_disk / load_from_disk); MosaicML `streaming` (MDS, zstd-compressed
+shards); `litdata` (optimize, zstd-compressed chunks); and the Megatron / nanoGPT approach, a flat `np.memmap`
+(UTF-8 text + int64 offsets for documents, token ids for training).
 
 Per system, each in its own process (a peer that is missing or fails is reported in the table, not hidden):
   build     the source .jsonl.zst to the system's format: seconds and MB/s of uncompressed JSON lines; every peer
@@ -52,10 +52,10 @@ from bench_store import du, json_bytes  # noqa: E402  (benchmarks/ is the script
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("PILESTORE_SHARED", HERE.parents[1] / "shared"))
-SYSTEMS = ["pilestore", "pilestore-l5", "pilestore-small5", "datasets", "mds", "litdata", "memmap"]
-PACKAGES = {"pilestore": "pilestore", "pilestore-l5": "pilestore", "pilestore-small5": "pilestore",
+SYSTEMS = ["pilestore", "pilestore-l5", "pilestore-l3", "datasets", "mds", "litdata", "memmap"]
+PACKAGES = {"pilestore": "pilestore", "pilestore-l5": "pilestore", "pilestore-l3": "pilestore",
             "datasets": "datasets", "mds": "mosaicml-streaming", "litdata": "litdata", "memmap": "numpy"}  # fmt: skip
-DOCS_ONLY = {"pilestore-l5", "pilestore-small5"}  # the token path is pilestore's: not run again for the loader
+DOCS_ONLY = {"pilestore-l5", "pilestore-l3"}  # the token path is pilestore's: not run again for the loader
 SEQ_LEN, BLOCK = 2048, 2049
 ACCESS, BATCH, BATCHES = 20_000, 8, 400
 
@@ -162,7 +162,7 @@ class PilestoreDocs(Docs):
 
 
 class PilestoreLevel5Docs(PilestoreDocs):
-    """`pilestore ingest --level 5`: the store's other size / speed trade-off (default: level 3)."""
+    """`pilestore ingest --level 5`: level 5 for every document (default: 5 under 16 KiB, 3 for the rest)."""
 
     def build(self, corpus: Path, out: Path) -> None:
         from pilestore.codec import CompressionSettings
@@ -171,14 +171,14 @@ class PilestoreLevel5Docs(PilestoreDocs):
         ingest([corpus], out, settings=CompressionSettings(level=5))
 
 
-class PilestoreSmall5Docs(PilestoreDocs):
-    """`pilestore ingest --small-level 5`: level 5 for documents under 16 KiB, level 3 for the rest."""
+class PilestoreLevel3Docs(PilestoreDocs):
+    """`pilestore ingest --small-level 3`: level 3 for every document (the default before 2026-11-25)."""
 
     def build(self, corpus: Path, out: Path) -> None:
         from pilestore.codec import CompressionSettings
         from pilestore.ingest import ingest
 
-        ingest([corpus], out, settings=CompressionSettings(small_level=5))
+        ingest([corpus], out, settings=CompressionSettings(small_level=None))
 
 
 class HFDocs(Docs):
@@ -307,7 +307,7 @@ class MemmapDocs(Docs):
 
 
 DOCS: dict[str, type[Docs]] = {
-    "pilestore": PilestoreDocs, "pilestore-l5": PilestoreLevel5Docs, "pilestore-small5": PilestoreSmall5Docs,
+    "pilestore": PilestoreDocs, "pilestore-l5": PilestoreLevel5Docs, "pilestore-l3": PilestoreLevel3Docs,
     "datasets": HFDocs, "mds": MDSDocs,
     "litdata": LitDocs, "memmap": MemmapDocs,
 }  # fmt: skip

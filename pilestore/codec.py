@@ -1,8 +1,8 @@
 """Per-document zstd frames with dictionaries trained on the source's own documents.
 
     first sample_mb of text ─▶ train one dictionary per big-enough subset + one shared ─▶ Compressor
-    doc ─▶ magicless zstd frame (content size in header; no magic number, dict id or checksum) at `level`,
-           or at `small_level` (if set) under `small_bytes` ─▶ raw if it does not shrink
+    doc ─▶ magicless zstd frame (content size in header; no magic number, dict id or checksum) at
+           `small_level` (5) under `small_bytes` (16 KiB), else at `level` (3) ─▶ raw if it does not shrink
 
 Frames are magicless (zstd's ZSTD_f_zstd1_magicless format): the 4 bytes of `28 b5 2f fd` every frame would
 start with say nothing that the codec id does not, and cost 24 KB of the sample corpus's store. Prepend them
@@ -39,15 +39,14 @@ class CompressionSettings:
     """How ingest compresses documents. Defaults chosen by benchmarks/bench_codec.py (docs/format.md)."""
 
     level: int = 3
-    """zstd level of documents of `small_bytes` and more (of every document when `small_level` is None): 3
-    compresses at ~170 MB/s per core."""
-    small_level: int | None = None
+    """zstd level of documents of `small_bytes` and more (of every document when `small_level` is None or not
+    above it): 3 compresses at ~170 MB/s per core."""
+    small_level: int | None = 5
     """zstd level of shorter documents, never below `level`; None: `level`. Level 5's deeper search finds far
-    more of a small document in its dictionary: on the sample corpus level 5 under 16 KiB saves 172 KB (1.4%) of
-    the store for 14% more compression time (level 5 on every document: 384 KB for 61% more), which makes the
-    store smaller than MosaicML MDS's; but on synthetic Pile-sized documents it costs 9-17% more ingest CPU,
-    more than the ingest target (>= 0.5x a zstd pipeline) has to spare (benchmarks.md, "Level by document
-    size"), so it is not the default."""
+    more of a small document in its dictionary: on the sample corpus it makes the store 1.4% smaller (0.978x its
+    source instead of 0.992x, and smaller than MosaicML MDS's shards) for 14% more compression time of those
+    documents; on the 1 GB synthetic shard, whose small documents are word salad, ingest takes ~7% more CPU
+    (0.51x a zstd pipeline per CPU second, 0.56x wall; benchmarks.md, "Level by document size")."""
     small_bytes: int = 16 * 1024
     """Documents shorter than this (UTF-8 bytes) compress at `small_level`."""
     dict_size: int = 112 * 1024

@@ -114,13 +114,13 @@ def test_info_gives_each_partitions_stored_size_and_zstd_level(make_shard: Shard
     assert run("ingest", str(c), "--store", store, "--small-level", "7").returncode == 0
     data = json.loads(CliRunner().invoke(cli, ["info", "--store", store, "--json"]).output)
     assert [p["zstd_level"] for p in data["partitions"]] == [3, 5, 3]
-    assert [p["zstd_small_level"] for p in data["partitions"]] == [None, None, 7]
+    assert [p["zstd_small_level"] for p in data["partitions"]] == [5, None, 7]  # the default 5; 5 is --level 5's
     stored = sum(v["stored_bytes"] for v in data["subsets"].values())
     assert all(p["stored_bytes"] > 0 for p in data["partitions"])
     assert sum(p["stored_bytes"] for p in data["partitions"]) == stored
     table = CliRunner().invoke(cli, ["info", "--store", store]).output
     assert "level" in table and "stored MB" in table and "a.jsonl.zst" in table and "b.jsonl.zst" in table
-    assert "3 (7 < 16 KiB)" in table and "(5 <" not in table
+    assert "3 (5 < 16 KiB)" in table and "3 (7 < 16 KiB)" in table and "5 (5 <" not in table
 
 
 def test_verify_and_export_commands(sample_store_dir: Path, tmp_path: Path, sample_records: list[dict]) -> None:

@@ -30,7 +30,7 @@ def test_compare_peers_reports_every_system_it_was_asked_for(tmp_path: Path, mak
     missing = subprocess.run([sys.executable, str(SCRIPT), "--corpus", str(tmp_path / "none.jsonl.zst")],
                              capture_output=True, text=True, check=False)  # fmt: skip
     assert missing.returncode == 2 and "none.jsonl.zst: no such file" in missing.stderr
-    result = compare("pilestore,pilestore-l5,pilestore-small5,memmap")
+    result = compare("pilestore,pilestore-l5,pilestore-l3,memmap")
     assert result.returncode == 0, result.stderr[-3000:]
     meta, *rows = [json.loads(line) for line in (out / "compare_peers.jsonl").read_text().splitlines()]
     (ours,) = [r for r in rows if r["system"] == "pilestore"]
@@ -38,9 +38,9 @@ def test_compare_peers_reports_every_system_it_was_asked_for(tmp_path: Path, mak
     assert level5["docs"] == len(texts) and 0 < level5["bytes"] and level5["access_n"] == 20_000
     manifests = {
         s: json.loads((work / f"{s}.docs" / "manifest.json").read_text())["partitions"][0]["compression"]
-        for s in ("pilestore", "pilestore-l5", "pilestore-small5")
+        for s in ("pilestore", "pilestore-l5", "pilestore-l3")
     }
-    assert [(m["level"], m["small_level"]) for m in manifests.values()] == [(3, None), (5, None), (3, 5)]
+    assert [(m["level"], m["small_level"]) for m in manifests.values()] == [(3, 5), (5, 5), (3, None)]
     assert ours["docs"] == ours["pass_docs"] == len(texts) and ours["access_n"] == 20_000
     assert 0 < ours["access_p50_us"] <= ours["access_p99_us"] and ours["bytes"] > 0
     assert meta["docs_with_replacement_chars_for_peers"] == 1 and meta["source_bytes"] == corpus.stat().st_size

@@ -53,11 +53,11 @@ def test_subset_counts_match_the_corpus_manifest(sample_store_dir: Path) -> None
 
 
 def test_store_is_smaller_than_its_source(sample_store_dir: Path, sample_path: Path) -> None:
-    """0.992x at the default level 3 (with --small-level 5: 0.978x; MosaicML MDS's shards: 0.982x); format v3's
-    one-page chunks and frames with their magic number: 1.004x; with a shared dictionary trained on every
-    subset's samples 1.017x; format v2's blob per document 1.085x."""
+    """0.978x with the defaults, level 5 under 16 KiB and 3 above (MosaicML MDS's shards: 0.982x); level 3 for
+    every document 0.992x; format v3's one-page chunks and frames with their magic number: 1.004x; with a shared
+    dictionary trained on every subset's samples 1.017x; format v2's blob per document 1.085x."""
     size = sum(p.stat().st_size for p in sample_store_dir.rglob("*") if p.is_file())
-    assert size <= 0.995 * sample_path.stat().st_size
+    assert size <= 0.981 * sample_path.stat().st_size
 
 
 def test_bad_lines_are_skipped_counted_and_located(make_shard: ShardMaker, tmp_path: Path) -> None:

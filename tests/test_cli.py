@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -228,3 +229,17 @@ def test_an_os_error_is_one_line_naming_the_file(tmp_path: Path) -> None:
     (locked / "manifest.json").mkdir()  # reading it as a file fails with an OSError
     result = run("info", "--store", str(locked))
     assert result.returncode == 1 and "Traceback" not in result.stderr and "manifest.json" in result.stderr
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("3", "3")])
+def test_commands_run_numpys_blas_on_one_thread_unless_told_otherwise(given: str | None, expected: str) -> None:
+    """No command does linear algebra; OpenBLAS's idle threads would spin ~0.1 CPU s in each process."""
+    code = (
+        "import os, sys\nfrom pilestore.cli import main\nsys.argv = ['pilestore', '--version']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\nprint(os.environ['OPENBLAS_NUM_THREADS'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == expected

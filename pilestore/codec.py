@@ -45,8 +45,8 @@ class CompressionSettings:
     """zstd level of shorter documents, never below `level`; None: `level`. Level 5's deeper search finds far
     more of a small document in its dictionary: on the sample corpus it makes the store 1.4% smaller (0.978x its
     source instead of 0.992x, and smaller than MosaicML MDS's shards) for 14% more compression time of those
-    documents; on the 1 GB synthetic shard, whose small documents are word salad, ingest takes ~7% more CPU
-    (0.51x a zstd pipeline per CPU second, 0.56x wall; benchmarks.md, "Level by document size")."""
+    documents; on the 1 GB synthetic shard, whose small documents are word salad, ingest takes 7-13% more CPU
+    (0.49-0.53x a zstd pipeline per CPU second, 0.51-0.56x wall; benchmarks.md, "Level by document size")."""
     small_bytes: int = 16 * 1024
     """Documents shorter than this (UTF-8 bytes) compress at `small_level`."""
     dict_size: int = 112 * 1024

@@ -1,7 +1,8 @@
 """Ingest: sources -> staged partitions (in parallel processes) -> one atomic manifest commit.
 
     lock store ─▶ drop leftovers of crashed runs ─▶ skip sources already in the store
-               ─▶ build each remaining source in .staging/<key>/ (reused if an earlier run finished it)
+               ─▶ build each remaining source in .staging/<key>/ (reused if an earlier run finished it
+                 and its files are the ones its result.json describes: size and sha256)
                ─▶ move the files into partitions/ and index/ ─▶ write manifest.json (atomic) ─▶ unlock
 
 Nothing a reader sees changes until the manifest is replaced, so an interrupted ingest (error, Ctrl-C,
@@ -119,10 +120,28 @@ def _already_in_store(source: Path, manifest: dict[str, Any]) -> bool:
 
 
 def _finished_result(folder: Path) -> dict[str, Any] | None:
+    """The result of the build finished in `folder`, if its files are the ones that result describes (size and
+    sha256); None if it is unfinished. A folder whose files do not match (damaged since, or rewritten by another
+    attempt at the same build: a Ray task on a node that was only unreachable) is removed, to be built again."""
     try:
-        return json.loads((folder / RESULT_FILE).read_text())
+        result = json.loads((folder / RESULT_FILE).read_text())
     except FileNotFoundError:
         return None
+    except ValueError:  # result.json is written atomically: unreadable JSON is damage
+        result = None
+    try:
+        files = result["files"] if isinstance(result, dict) else {}
+        matches = bool(files) and all(
+            (folder / name).stat().st_size == files[key]["size"] and file_sha256(folder / name) == files[key]["sha256"]
+            for key, name in (("partition", PARTITION_FILE), ("index", INDEX_FILE))
+        )
+    except (OSError, KeyError, TypeError):
+        matches = False
+    if not matches:
+        log.warning("%s: its files do not match its result.json; building that source again", folder)
+        shutil.rmtree(folder)
+        return None
+    return result
 
 
 _worker_queue: Any = None

@@ -17,7 +17,7 @@ from pilestore.errors import IncompleteStoreError, SourceError, StoreLockedError
 from pilestore.export import export
 from pilestore.ingest import ingest
 from pilestore.manifest import writer_lock
-from pilestore.shards import Record
+from pilestore.shards import Record, file_sha256
 
 from .conftest import SAMPLE_MANIFEST, ShardMaker, doc, read_source_lines
 
@@ -247,7 +247,9 @@ def test_the_training_sample_takes_whole_documents_up_to_the_budget() -> None:
     assert len(take_sample(iter([]), 10_000)) == 0
 
 
-def test_finished_sources_of_a_failed_run_are_reused_then_cleaned(make_shard: ShardMaker, tmp_path: Path) -> None:
+def test_finished_sources_of_a_failed_run_are_reused_then_cleaned(
+    make_shard: ShardMaker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     store_dir = tmp_path / "s.store"
     good = make_shard([doc("a")], name="good.jsonl.zst")
     bad = make_shard([doc("b"), b"oops"], name="bad.jsonl.zst")
@@ -255,9 +257,42 @@ def test_finished_sources_of_a_failed_run_are_reused_then_cleaned(make_shard: Sh
         ingest([good, bad], store_dir, strict=True)
     (staged,) = list((store_dir / ".staging").iterdir())  # good.jsonl.zst was finished before bad failed
     staged_result = json.loads((staged / "result.json").read_text())
-    report = ingest([good, bad], store_dir)
+    with caplog.at_level("WARNING", logger="pilestore.ingest"):
+        report = ingest([good, bad], store_dir)
+    assert "do not match" not in caplog.text
     assert [p["source"]["name"] for p in report.partitions] == ["good.jsonl.zst", "bad.jsonl.zst"]
     assert report.partitions[0]["created"] == staged_result["created"]  # reused, not rebuilt
+    assert not list((store_dir / ".staging").iterdir())
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "cut short", "result unreadable"])
+def test_a_finished_staged_build_whose_files_do_not_match_its_result_is_built_again(
+    make_shard: ShardMaker, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A staged partition is reused only if it is the file its result.json describes (size and sha256)."""
+    store_dir = tmp_path / "s.store"
+    good = make_shard([doc(f"document {i} " * 50) for i in range(200)], name="good.jsonl.zst")
+    bad = make_shard([doc("b"), b"oops"], name="bad.jsonl.zst")
+    with pytest.raises(SourceError):
+        ingest([good, bad], store_dir, strict=True)
+    (staged,) = list((store_dir / ".staging").iterdir())
+    partition_file = staged / "partition.sqlite"
+    data = bytearray(partition_file.read_bytes())
+    if damage == "flipped byte":
+        data[len(data) // 2] ^= 0x01
+        partition_file.write_bytes(bytes(data))
+    elif damage == "cut short":
+        partition_file.write_bytes(bytes(data[:-4096]))
+    else:
+        (staged / "result.json").write_text("{")
+    with caplog.at_level("WARNING", logger="pilestore.ingest"):
+        report = ingest([good, bad], store_dir)
+    assert f"{staged}: its files do not match its result.json" in caplog.text  # built again, not reused
+    assert [p["source"]["name"] for p in report.partitions] == ["good.jsonl.zst", "bad.jsonl.zst"]
+    entry = report.partitions[0]
+    assert entry["files"]["partition"]["sha256"] == file_sha256(store_dir / entry["file"])  # not the damaged file
+    store = pilestore.open(store_dir)
+    assert [store[i].text for i in range(200)] == [f"document {i} " * 50 for i in range(200)]
     assert not list((store_dir / ".staging").iterdir())
 
 

@@ -146,10 +146,15 @@ class Docs:
 
 
 class PilestoreDocs(Docs):
+    """`pilestore ingest` with its defaults (level 5 for documents under 16 KiB, 3 for the rest)."""
+
+    SETTINGS: dict[str, Any] = {}  # CompressionSettings fields other than the defaults
+
     def build(self, corpus: Path, out: Path) -> None:
+        from pilestore.codec import CompressionSettings
         from pilestore.ingest import ingest
 
-        ingest([corpus], out)
+        ingest([corpus], out, settings=CompressionSettings(**self.SETTINGS))
 
     def open(self, out: Path) -> int:
         import pilestore
@@ -162,23 +167,15 @@ class PilestoreDocs(Docs):
 
 
 class PilestoreLevel5Docs(PilestoreDocs):
-    """`pilestore ingest --level 5`: level 5 for every document (default: 5 under 16 KiB, 3 for the rest)."""
+    """`pilestore ingest --level 5`: level 5 for every document."""
 
-    def build(self, corpus: Path, out: Path) -> None:
-        from pilestore.codec import CompressionSettings
-        from pilestore.ingest import ingest
-
-        ingest([corpus], out, settings=CompressionSettings(level=5))
+    SETTINGS = {"level": 5}
 
 
 class PilestoreLevel3Docs(PilestoreDocs):
     """`pilestore ingest --small-level 3`: level 3 for every document (the default before 2026-11-25)."""
 
-    def build(self, corpus: Path, out: Path) -> None:
-        from pilestore.codec import CompressionSettings
-        from pilestore.ingest import ingest
-
-        ingest([corpus], out, settings=CompressionSettings(small_level=None))
+    SETTINGS = {"small_level": None}
 
 
 class HFDocs(Docs):

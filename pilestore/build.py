@@ -5,7 +5,7 @@
 
 `result.json` is written last (atomically): a staging folder without it is an interrupted build and is
 deleted and redone; one with it is reused by the next ingest of the same source with the same settings, if
-its files still have the sizes and sha256 it records (ingest._finished_result).
+its files still have the sizes and sha256 it records (ingest._is_finished).
 Memory is bounded by the training buffer, MAX_IN_FLIGHT batches and 20 bytes of index per document.
 """
 

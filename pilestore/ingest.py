@@ -44,7 +44,7 @@ from .manifest import (
     write_manifest,
     writer_lock,
 )
-from .shards import detect_format, file_sha256
+from .shards import detect_format, file_matches, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +98,36 @@ def staging_key(source: Path, settings: CompressionSettings) -> str:
 
 
 def _clean_leftovers(store: Path, manifest: dict[str, Any], keep: set[Path]) -> None:
-    """Delete files of crashed runs: unlisted partition/index files, and staging folders that are unfinished
-    or belong to no source of this command (finished ones of this command's sources are reused)."""
+    """Delete files of crashed runs: unlisted partition/index files, and staging folders that are unfinished,
+    damaged or belong to no source of this command (finished ones of this command's sources are reused)."""
     listed = {p[key] for p in manifest["partitions"] for key in ("file", "index")}
     for folder in (PARTITIONS_DIR, INDEX_DIR):
         for path in (store / folder).glob("*"):
             if f"{folder}/{path.name}" not in listed:
                 log.info("removing %s, left by an interrupted ingest", path)
                 path.unlink()
-    for path in (store / STAGING_DIR).glob("*"):  # a commit killed after moving a file leaves RESULT_FILE without it
-        finished = all((path / name).exists() for name in (RESULT_FILE, PARTITION_FILE, INDEX_FILE))
-        if path not in keep or not finished:
+    for path in (store / STAGING_DIR).glob("*"):
+        if path in keep and _is_finished(path):
+            continue
+        if path in keep and (path / RESULT_FILE).exists():
+            log.warning("%s: its files do not match its result.json; building that source again", path)
+        else:
             log.info("removing %s, left by an interrupted ingest", path)
-            shutil.rmtree(path)
+        shutil.rmtree(path)
+
+
+def _is_finished(folder: Path) -> bool:
+    """Whether a staging folder holds a finished build: its result.json and the files it describes, with the sizes
+    and sha256 it records. A commit killed after moving a file leaves result.json without it; a file damaged since,
+    or rewritten by another attempt at the same build (a Ray task on a node that was only unreachable), differs."""
+    try:
+        files = json.loads((folder / RESULT_FILE).read_text())["files"]
+        return all(
+            file_matches(folder / name, files[key])
+            for key, name in (("partition", PARTITION_FILE), ("index", INDEX_FILE))
+        )
+    except (OSError, ValueError, KeyError, TypeError):  # missing, unreadable or not the JSON a build writes
+        return False
 
 
 def _already_in_store(source: Path, manifest: dict[str, Any]) -> bool:
@@ -120,28 +137,10 @@ def _already_in_store(source: Path, manifest: dict[str, Any]) -> bool:
 
 
 def _finished_result(folder: Path) -> dict[str, Any] | None:
-    """The result of the build finished in `folder`, if its files are the ones that result describes (size and
-    sha256); None if it is unfinished. A folder whose files do not match (damaged since, or rewritten by another
-    attempt at the same build: a Ray task on a node that was only unreachable) is removed, to be built again."""
     try:
-        result = json.loads((folder / RESULT_FILE).read_text())
+        return json.loads((folder / RESULT_FILE).read_text())
     except FileNotFoundError:
         return None
-    except ValueError:  # result.json is written atomically: unreadable JSON is damage
-        result = None
-    try:
-        files = result["files"] if isinstance(result, dict) else {}
-        matches = bool(files) and all(
-            (folder / name).stat().st_size == files[key]["size"] and file_sha256(folder / name) == files[key]["sha256"]
-            for key, name in (("partition", PARTITION_FILE), ("index", INDEX_FILE))
-        )
-    except (OSError, KeyError, TypeError):
-        matches = False
-    if not matches:
-        log.warning("%s: its files do not match its result.json; building that source again", folder)
-        shutil.rmtree(folder)
-        return None
-    return result
 
 
 _worker_queue: Any = None

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -278,3 +278,8 @@ def file_sha256(path: Path) -> str:
         while chunk := fh.read(READ_SIZE):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_matches(path: Path, recorded: Mapping[str, Any]) -> bool:
+    """Whether the file has the size and sha256 recorded for it ({"size": ..., "sha256": ...}); the size first."""
+    return path.stat().st_size == recorded["size"] and file_sha256(path) == recorded["sha256"]

@@ -17,7 +17,7 @@ from .errors import CorruptDocumentError, StoreFormatError
 from .index import map_columns
 from .manifest import read_sealed
 from .samples import GENERATION_KEY, REBUILD
-from .shards import file_sha256
+from .shards import file_matches, file_sha256
 from .store import Store
 from .tokens import FILES, TOKENS_DIR
 
@@ -48,7 +48,7 @@ def _check_files(store: Store, p: int, report: VerifyReport) -> None:
         expected = entry["files"][key]
         if not path.exists():
             report.problems.append(f"{path}: missing")
-        elif path.stat().st_size != expected["size"] or file_sha256(path) != expected["sha256"]:
+        elif not file_matches(path, expected):
             report.problems.append(f"{path}: sha256 differs from the manifest's (the file was changed or damaged)")
 
 
